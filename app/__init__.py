@@ -1,0 +1,1 @@
+"""Loracle: one base model, a switchable LoRA adapter and switchable retrieval."""

@@ -1,0 +1,1 @@
+"""Ingestion: documents -> chunks -> embeddings -> an on-disk FAISS index. Knows nothing of `app`."""

