@@ -28,3 +28,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} not found (../shared/data sits beside the repository in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory, shared_data) -> Path:
+    """A real index (default MiniLM embedder, flat FAISS) of the 20 documents in sample/docs
+    (txt, md, html, pdf), built once per session in a tmp dir. Open it with
+    `Index.open(sample_index)` or `Retriever(sample_index)`; nothing global is set."""
+    from ingest.pipeline import ingest_paths
+
+    path = tmp_path_factory.mktemp("indexes") / "sample"
+    report = ingest_paths([shared_data / "sample" / "docs"], index=path)
+    assert not report.rejected and len(report.added) == 20, report
+    return path

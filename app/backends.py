@@ -1,0 +1,190 @@
+"""Generation backends: where the tokens come from. The engine does prompts, retrieval, adapters' registry
+checks and locking; a backend turns chat messages + an adapter name into text.
+
+- LocalBackend: transformers + PEFT in this process; all rows of a batch in ONE generate() call with
+  mixed-adapter rows (`adapter_names=[..., "__base__"]`) and left padding.
+- OpenAIBackend: any OpenAI-compatible chat-completions server, e.g. vLLM started with
+  `--enable-lora --lora-modules medical-pubmedqa=adapters/medical-pubmedqa`; the adapter name is sent
+  as the `model` field and the base model's name when no adapter is wanted.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import BASE_ADAPTER
+
+
+@dataclass
+class GenItem:
+    messages: list[dict]
+    adapter: str | None  # backend adapter name; None -> base model
+    max_new_tokens: int
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, spec: str | None = None, dtype: str = "float32", repetition_penalty: float = 1.0,
+                 threads: int | None = None):
+        from app.models import load
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.base_model, self.tokenizer, self.info = load(spec, dtype=dtype)
+        self.model = self.base_model  # becomes a PeftModel when the first adapter is loaded
+        self.repetition_penalty = repetition_penalty
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(self.base_model.generation_config, "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos = sorted(i for i in ids if i is not None)
+
+    def load_adapter(self, name: str, path: Path, replace: bool = False) -> None:
+        from peft import PeftModel
+
+        if replace:
+            self.model.delete_adapter(name)
+        if self.model is self.base_model:
+            self.model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=name)
+            self.model.eval()
+        else:
+            self.model.load_adapter(str(path), adapter_name=name)
+
+    def render(self, messages: list[dict]) -> str:
+        from app import prompts
+
+        return prompts.render(self.tokenizer, messages)
+
+    def _gen_config(self, max_new_tokens: int):
+        from transformers import GenerationConfig
+
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                repetition_penalty=self.repetition_penalty,
+                                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
+
+    def make_streamer(self):
+        from transformers import TextIteratorStreamer
+
+        return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+    def generate(self, items: list[GenItem], streamer=None) -> tuple[list[Generation], float]:
+        """One generate() call for all rows (the caller holds the engine lock); returns rows and seconds."""
+        import torch
+
+        enc = self.tokenizer([self.render(i.messages) for i in items], return_tensors="pt", padding=True,
+                             add_special_tokens=False)
+        names = [i.adapter for i in items]
+        kwargs = dict(enc, generation_config=self._gen_config(max(i.max_new_tokens for i in items)),
+                      streamer=streamer)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            if self.model is self.base_model:
+                out = self.model.generate(**kwargs)
+            elif len(set(names)) == 1 and names[0] is None:
+                with self.model.disable_adapter():
+                    out = self.model.generate(**kwargs)
+            elif len(set(names)) == 1:  # one adapter for all rows: plain LoRA path, no per-row grouping
+                self.model.set_adapter(names[0])
+                out = self.model.generate(**kwargs)
+            else:
+                out = self.model.generate(**kwargs, adapter_names=[n or BASE_ADAPTER for n in names])
+            seconds = time.perf_counter() - t0
+        width = enc["input_ids"].shape[1]
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        rows = []
+        for r, item in enumerate(items):
+            ids = out[r, width:].tolist()[: item.max_new_tokens]
+            for j, t in enumerate(ids):
+                if t in self.eos:
+                    ids = ids[:j]
+                    break
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            rows.append(Generation(text, int(lengths[r]), len(ids)))
+        return rows, seconds
+
+
+class OpenAIBackend:
+    """Client for an OpenAI-compatible /chat/completions server (standard library only)."""
+
+    kind = "openai"
+
+    def __init__(self, url: str, base_model: str, timeout: float = 120.0, api_key: str | None = None):
+        from app.models import ModelInfo
+
+        self.url = url.rstrip("/")
+        self.base_name = base_model
+        self.timeout = timeout
+        self.api_key = api_key
+        self.info = ModelInfo(spec=base_model, name=base_model, path=Path(self.url), sha256="")
+        self.tokenizer = None
+        self.model = self.base_model = None
+
+    def _call(self, method: str, route: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + route, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise RuntimeError(f"generation server {self.url}{route} answered HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise RuntimeError(f"cannot reach generation server {self.url} ({exc}); start it (e.g. `vllm serve "
+                               f"MODEL --enable-lora --lora-modules NAME=adapters/NAME`) or use the local "
+                               f"backend") from None
+
+    def models(self) -> list[str]:
+        return [m.get("id") for m in self._call("GET", "/models").get("data", [])]
+
+    def load_adapter(self, name: str, path: Path, replace: bool = False) -> None:
+        served = self.models()
+        if name not in served:
+            raise ValueError(f"adapter '{name}' is not served by {self.url} (serves: {', '.join(served) or 'none'});"
+                             f" start the server with --lora-modules {name}={path}")
+
+    def make_streamer(self):
+        return None
+
+    def generate(self, items: list[GenItem], streamer=None) -> tuple[list[Generation], float]:
+        t0 = time.perf_counter()
+        rows = []
+        for item in items:  # the server batches concurrent work itself; requests stay simple here
+            body = {"model": item.adapter or self.base_name, "messages": item.messages,
+                    "max_tokens": item.max_new_tokens, "temperature": 0.0}
+            reply = self._call("POST", "/chat/completions", body)
+            try:
+                text = reply["choices"][0]["message"]["content"] or ""
+            except (KeyError, IndexError, TypeError):
+                raise RuntimeError(f"generation server {self.url} sent no choices[0].message.content: "
+                                   f"{str(reply)[:200]}") from None
+            usage = reply.get("usage") or {}
+            rows.append(Generation(text.strip(), int(usage.get("prompt_tokens", 0)),
+                                   int(usage.get("completion_tokens", 0))))
+        return rows, time.perf_counter() - t0
+
+
+def make_backend(config) -> LocalBackend | OpenAIBackend:
+    if config.backend == "local":
+        return LocalBackend(config.base_model, config.dtype, config.repetition_penalty, config.threads)
+    if config.backend == "openai":
+        from app.models import DEFAULT_BASE_MODEL, BUILTIN_MODELS
+
+        spec = config.base_model or DEFAULT_BASE_MODEL
+        name = BUILTIN_MODELS[spec].display_name if spec in BUILTIN_MODELS else spec
+        return OpenAIBackend(config.server_url, name)
+    raise ValueError(f"unknown backend '{config.backend}'; choose 'local' or 'openai'")

@@ -1,0 +1,104 @@
+"""Human-facing views of an evaluation: the Markdown tables and the matplotlib charts."""
+from __future__ import annotations
+
+from typing import Any
+
+MODE_COLORS = {"base": "#8c8c8c", "lora": "#1f77b4", "rag": "#2ca02c", "lora+rag": "#d62728"}
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v * 100:.1f}%" if pct else f"{v:.3f}"
+    return str(v)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """A Markdown table of the metrics per mode, then the bootstrap differences."""
+    k, per_mode = summary.get("k", 5), summary["metrics"]
+    columns = [("accuracy", "accuracy", True), ("macro_f1", "macro-F1", False),
+               ("no_decision_rate", "no decision", True), ("rouge_l", "ROUGE-L", False),
+               (f"recall@{k}", f"recall@{k}", True), ("citation_validity", "citation validity", True),
+               ("faithfulness", "faithfulness", False), ("latency_mean_s", "mean latency (s)", False),
+               ("latency_p95_s", "p95 latency (s)", False)]
+    columns = [c for c in columns if any(m.get(c[0]) is not None for m in per_mode.values())]
+    head = ["mode", "n"] + [c[1] for c in columns]
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for mode, m in per_mode.items():
+        cells = [mode, str(m.get("n", 0))]
+        for key, _, pct in columns:
+            cell = _fmt(m.get(key), pct)
+            if key == "accuracy" and m.get("accuracy_ci_low") is not None:
+                cell += f" [{m['accuracy_ci_low'] * 100:.0f}, {m['accuracy_ci_high'] * 100:.0f}]"
+            cells.append(cell)
+        lines.append(f"| {' | '.join(cells)} |")
+    title = (f"Evaluation: {summary.get('n_items')} questions from {summary.get('data') or '(in memory)'}, "
+             f"adapter {summary.get('adapter') or '–'}, index {summary.get('index') or '–'}, k={k}, "
+             f"base model {summary.get('base_model') or '–'}")
+    out = [title, "", *lines]
+    if any(c[0] == "accuracy" for c in columns):
+        out.append("\nAccuracy in % with its 95% bootstrap interval in brackets.")
+    if summary.get("differences"):
+        n = summary.get("n_resamples", 1000)
+        out += ["", f"Accuracy differences (paired bootstrap, {n} resamples, seed {summary.get('seed', 0)}):", "",
+                "| comparison | difference | 95% CI | P(not better) |", "|---|---|---|---|"]
+        for d in summary["differences"]:
+            out.append(f"| {d['a']} − {d['b']} | {d['diff'] * 100:+.1f} pts | "
+                       f"[{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}] | {d['p_not_better']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """Matplotlib figures by file stem: accuracy (with CI error bars), latency, recall@k when known.
+    Plain `Figure` objects (no pyplot state): save them, show them in a notebook or with st.pyplot."""
+    from matplotlib.figure import Figure
+
+    per_mode, k = summary["metrics"], summary.get("k", 5)
+    modes = list(per_mode)
+    colors = [MODE_COLORS.get(m, "#555555") for m in modes]
+    figs: dict[str, Any] = {}
+
+    def bar(stem: str, key: str, ylabel: str, title: str, err: bool = False, ymax: float | None = None) -> None:
+        vals = [per_mode[m].get(key) for m in modes]
+        if all(v is None for v in vals):
+            return
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
+        heights = [v or 0.0 for v in vals]
+        yerr = None
+        if err:
+            lo = [max(0.0, h - (per_mode[m].get("accuracy_ci_low") or h)) for m, h in zip(modes, heights)]
+            hi = [max(0.0, (per_mode[m].get("accuracy_ci_high") or h) - h) for m, h in zip(modes, heights)]
+            yerr = [lo, hi]
+        ax.bar(modes, heights, color=colors, yerr=yerr, capsize=4)
+        for i, v in enumerate(vals):
+            ax.text(i, (v or 0) / 2 if ymax else (v or 0), "–" if v is None else f"{v:.2f}", ha="center",
+                    va="center" if ymax else "bottom", fontsize=8, color="white" if ymax else "black")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if ymax:
+            ax.set_ylim(0, ymax)
+        fig.tight_layout()
+        figs[stem] = fig
+
+    bar("accuracy", "accuracy", "accuracy", "Decision accuracy per mode (95% CI)", err=True, ymax=1.0)
+    bar("latency", "latency_mean_s", "seconds per answer", "Mean latency per mode")
+    bar("recall", f"recall@{k}", f"recall@{k}", f"Gold document in top {k}", ymax=1.0)
+    return figs
+
+
+def compare_markdown(report: dict[str, Any], questions: dict[str, str] | None = None) -> str:
+    """The regression table of app.evaluate.compare_results, then the questions that got worse."""
+    questions = questions or {}
+    lines = [f"Regression report: {report['new'] or 'B'} against {report['old'] or 'A'}", "",
+             "| mode | old accuracy | new accuracy | worse (correct→wrong) | better (wrong→correct) | unchanged |",
+             "|---|---|---|---|---|---|"]
+    for mode, m in report["modes"].items():
+        lines.append(f"| {mode} | {_fmt(m['old_accuracy'], True)} | {_fmt(m['new_accuracy'], True)} | "
+                     f"{len(m['worse'])} | {len(m['better'])} | {m['unchanged']} |")
+    for mode, m in report["modes"].items():
+        if m["worse"]:
+            lines += ["", f"Worse in {mode}:"]
+            lines += [f"- {qid}" + (f": {questions[qid]}" if questions.get(qid) else "") for qid in m["worse"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,356 @@
+"""Question set x modes -> per-question results, metrics, Markdown table and charts.
+
+    items = load_questions("dev.jsonl")
+    result = evaluate(engine, items, MODES, adapter="medical-pubmedqa", index="pubmedqa", k=5)
+    write_results(result, "runs/dev")   # results.jsonl, summary.json, summary.md, *.png
+
+Every question runs in all its modes in one `engine.answer_batch` call (several questions per call
+with `questions_per_batch`). Metrics live in app.metrics; the optional judge in app.judge.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from app import metrics
+from app.eval_report import compare_markdown, plot_summary, summary_markdown
+from app.prompts import parse_decision
+from app.types import MODES
+
+RESULTS_FILE, SUMMARY_JSON, SUMMARY_MD = "results.jsonl", "summary.json", "summary.md"
+
+
+@dataclass
+class QAItem:
+    id: str
+    question: str
+    context_doc_id: str | None = None
+    final_decision: str | None = None  # "yes" | "no" | "maybe"
+    long_answer: str | None = None
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]  # one per (question, mode); fields documented in `_row`
+    summary: dict[str, Any]  # run settings + metrics per mode + bootstrap differences
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one `loracle eval` run; the CLI mirrors these fields."""
+
+    data: str
+    modes: tuple[str, ...] = MODES
+    adapter: str | None = None  # registry name, "name@vN", or folder; None -> the engine's default adapter
+    index: str | None = None  # None -> the engine's index (pubmedqa)
+    k: int = 5
+    out: str | None = None  # None -> runs/eval-<UTC time>
+    limit: int | None = None
+    max_new_tokens: int = 48  # enough for a decision and a sentence
+    questions_per_batch: int = 1  # each batch holds these questions in all their modes
+    base_model: str | None = None
+    judge: str | None = None  # None: no judge; "" or "default": the base model; else a model spec
+    save_to_card: bool = False
+    n_resamples: int = 1000
+    seed: int = 0
+    threads: int | None = None
+
+
+def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QAItem]:
+    """Read a QA JSONL file; a malformed line raises ValueError naming the file, the line and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file '{path}' not found; pass --data PATH to a QA JSONL file")
+    items: list[QAItem] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            for key in ("id", "question"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise ValueError(f"{where}: field '{key}' is missing or not a non-empty string "
+                                     f"(each line needs \"id\" and \"question\")")
+            for key in ("context_doc_id", "long_answer", "final_decision"):
+                if rec.get(key) is not None and not isinstance(rec[key], str):
+                    raise ValueError(f"{where}: field '{key}' must be a string, got {type(rec[key]).__name__}")
+            decision = rec.get("final_decision")
+            if decision is not None:
+                decision = decision.strip().lower()
+                if decision not in metrics.DECISIONS:
+                    raise ValueError(f"{where}: final_decision {rec['final_decision']!r} is not one of "
+                                     f"{', '.join(metrics.DECISIONS)}")
+            if rec["id"] in seen:
+                raise ValueError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+            seen[rec["id"]] = lineno
+            items.append(QAItem(rec["id"], rec["question"], rec.get("context_doc_id") or None, decision,
+                                rec.get("long_answer") or None))
+            if limit is not None and len(items) >= limit:
+                break
+    if not items:
+        raise ValueError(f"{path}: no questions found")
+    return items
+
+
+def parse_modes(text: str | Sequence[str]) -> list[str]:
+    modes = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {', '.join(bad) or '(none)'}; choose from {', '.join(MODES)}")
+    return list(dict.fromkeys(modes))
+
+
+def _row(item: QAItem, mode: str, answer, k: int) -> dict[str, Any]:
+    decision = parse_decision(answer.text)
+    retrieved = [p.doc_id for p in answer.passages]
+    timings = {key: v for key, v in (answer.timings or {}).items() if isinstance(v, (int, float))}
+    # the wait for this answer: its retrieval plus the generate() call of its batch (shared by the batch)
+    latency = float(timings.get("total_s", timings.get("retrieval_s", 0.0) + timings.get("generation_s", 0.0)))
+    return {
+        "id": item.id,
+        "question": item.question,
+        "mode": mode,
+        "mode_used": answer.mode,  # differs from `mode` only if the engine could not honour the request
+        "adapter": answer.adapter,
+        "answer": answer.text,
+        "decision": decision,
+        "gold": item.final_decision,
+        "correct": (decision == item.final_decision) if item.final_decision else None,
+        "rouge_l": round(float(metrics.rouge_l([answer.text], [item.long_answer])[0]), 4)
+        if item.long_answer else None,
+        "context_doc_id": item.context_doc_id,
+        "retrieved_doc_ids": retrieved,
+        "retrieved_chunk_ids": [p.chunk.chunk_id for p in answer.passages],
+        "retrieval_hit": (metrics.recall_at_k(retrieved, item.context_doc_id, k)
+                          if item.context_doc_id and mode.endswith("rag") else None),
+        "cited": [c.number for c in answer.citations],
+        "cited_passage_ids": [c.passage.chunk.chunk_id for c in answer.citations if c.valid and c.passage],
+        "citations_valid": all(c.valid for c in answer.citations),
+        "faithfulness": None,
+        "timings": timings,
+        "latency_s": latency,
+    }
+
+
+def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adapter: str | None = None,
+             index: str | None = None, k: int = 5, progress: Callable[[int, int], None] | None = None, *,
+             max_new_tokens: int | None = None, questions_per_batch: int = 1, judge=None,
+             n_resamples: int = 1000, seed: int = 0, data_path: str | None = None) -> EvalResult:
+    """Run every item in every mode through `engine.answer_batch`; `progress(done, total)` after each batch."""
+    from app.engine import Request
+
+    modes = parse_modes(modes)
+    needs_adapter = any(m.startswith("lora") for m in modes)
+    if needs_adapter:
+        adapter = adapter or getattr(getattr(engine, "config", None), "default_adapter", None)
+        if not adapter:
+            raise ValueError("modes lora and lora+rag need an adapter; pass --adapter NAME")
+        adapter = engine.load_adapter(adapter)
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    total = len(items) * len(modes)
+    for lo in range(0, len(items), max(1, questions_per_batch)):
+        chunk = items[lo:lo + max(1, questions_per_batch)]
+        pairs = [(item, mode) for item in chunk for mode in modes]
+        requests = [Request(item.question, adapter=adapter if mode.startswith("lora") else None,
+                            retrieval=mode.endswith("rag"), k=k, index=index, max_new_tokens=max_new_tokens)
+                    for item, mode in pairs]
+        answers = engine.answer_batch(requests)
+        batch_rows = [_row(item, mode, ans, k) for (item, mode), ans in zip(pairs, answers, strict=True)]
+        if judge is not None:
+            scores = judge.score_many([(a.text, a.passages) for a in answers])
+            for row, score in zip(batch_rows, scores):
+                row["faithfulness"] = score
+        rows.extend(batch_rows)
+        if progress:
+            progress(len(rows), total)
+    info = getattr(engine, "info", None)
+    settings = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": str(data_path) if data_path else None,
+        "data_sha256": _sha256(data_path) if data_path and Path(data_path).is_file() else None,
+        "n_items": len(items),
+        "modes": modes,
+        "adapter": next((r["adapter"] for r in rows if r["adapter"]), adapter),
+        "index": (index or getattr(getattr(engine, "config", None), "index", None))
+        if any(m.endswith("rag") for m in modes) else None,
+        "k": k,
+        "max_new_tokens": max_new_tokens,
+        "questions_per_batch": questions_per_batch,
+        "base_model": getattr(info, "name", None),
+        "judge": getattr(judge, "name", None),
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - start, 2),
+    }
+    return EvalResult(rows, summarize(rows, settings))
+
+
+def summarize(rows: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings + per-mode metrics + paired bootstrap differences (recomputable from results.jsonl)."""
+    k, n, seed = settings.get("k", 5), settings.get("n_resamples", 1000), settings.get("seed", 0)
+    modes = settings.get("modes") or list(dict.fromkeys(r["mode"] for r in rows))
+    per_mode = {m: metrics.mode_metrics([r for r in rows if r["mode"] == m], k, n, seed) for m in modes}
+    return {**settings, "metrics": per_mode, "differences": metrics.mode_differences(rows, modes, n, seed)}
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results(result: EvalResult, out_dir: str | os.PathLike) -> list[Path]:
+    """Write results.jsonl, summary.json, summary.md and the PNG charts; returns the written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / RESULTS_FILE, out / SUMMARY_JSON, out / SUMMARY_MD]
+    _atomic_write(written[0], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
+    _atomic_write(written[1], json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n")
+    _atomic_write(written[2], summary_markdown(result.summary))
+    for stem, fig in plot_summary(result.summary).items():
+        fig.savefig(out / f"{stem}.png", dpi=110)
+        written.append(out / f"{stem}.png")
+    return written
+
+
+def load_results(out_dir: str | os.PathLike) -> EvalResult:
+    """Read a results directory written by `write_results`."""
+    out = Path(out_dir)
+    if not (out / RESULTS_FILE).is_file():
+        raise FileNotFoundError(f"'{out}' holds no {RESULTS_FILE}; pass a directory written by `loracle eval --out`")
+    rows = [json.loads(line) for line in (out / RESULTS_FILE).read_text(encoding="utf-8").splitlines() if line]
+    summary = json.loads((out / SUMMARY_JSON).read_text()) if (out / SUMMARY_JSON).is_file() else \
+        summarize(rows, {"modes": list(dict.fromkeys(r["mode"] for r in rows))})
+    return EvalResult(rows, summary)
+
+
+def card_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """What an adapter card keeps: mode -> metrics (the registry's contract), plus "run" settings and the
+    bootstrap "differences"; no per-question rows."""
+    keep = ("created", "data", "data_sha256", "n_items", "adapter", "index", "k", "max_new_tokens", "base_model",
+            "judge")
+    return {**summary["metrics"], "run": {key: summary.get(key) for key in keep},
+            "differences": summary.get("differences", [])}
+
+
+def save_to_card(summary: dict[str, Any], root=None) -> None:
+    """Store the summary under the evaluated adapter's version in its card.json (app.registry.record_eval).
+    Refused when the registry's current version is not the one evaluated."""
+    from app import registry
+
+    label = summary.get("adapter")
+    if not label or "@v" not in label:
+        raise ValueError("--save-to-card needs an adapter from the registry evaluated in lora or lora+rag mode")
+    name = label.split("@", 1)[0]
+    current = registry.get(name, root)
+    if current.label != label:
+        raise ValueError(f"evaluated {label} but the registry's current version is {current.label}; "
+                         f"results are stored only for the current version")
+    registry.record_eval(name, card_summary(summary), root=root)
+
+
+def compare_results(old: EvalResult, new: EvalResult) -> dict[str, Any]:
+    """Regression report of `new` against `old`: per mode, questions that got worse / better, accuracies."""
+    changes = metrics.regressions(old.rows, new.rows)
+    per_mode = {}
+    for mode, c in changes.items():
+        per_mode[mode] = {
+            "old_accuracy": old.summary.get("metrics", {}).get(mode, {}).get("accuracy"),
+            "new_accuracy": new.summary.get("metrics", {}).get(mode, {}).get("accuracy"),
+            **{key: c[key] for key in ("worse", "better")},
+            "unchanged": len(c["same_correct"]) + len(c["same_wrong"]),
+        }
+    return {"old": old.summary.get("adapter"), "new": new.summary.get("adapter"), "modes": per_mode}
+
+
+def adapter_source(spec: str, root=None) -> str:
+    """"name@vN" -> the folder of that registry version (engines load names or folders); else unchanged."""
+    if "@" not in spec or Path(spec).exists():
+        return spec
+    from app import registry
+
+    name, _, ver = spec.partition("@")
+    if not ver.lstrip("v").isdigit():
+        raise ValueError(f"adapter '{spec}': write a version as NAME@vN, e.g. {name}@v1")
+    return str(registry.get(name, root, version=int(ver.lstrip("v"))).path)
+
+
+def make_engine(cfg: EvalConfig):
+    from app.config import EngineConfig
+    from app.engine import Engine
+
+    kw = {"base_model": cfg.base_model, "adapters": (), "k": cfg.k, "max_new_tokens": cfg.max_new_tokens,
+          "threads": cfg.threads}
+    if cfg.index:
+        kw["index"] = cfg.index
+    return Engine(EngineConfig(**kw))
+
+
+def make_judge(cfg: EvalConfig, engine=None):
+    if cfg.judge is None:
+        return None
+    from app.judge import FaithfulnessJudge
+
+    spec = cfg.judge if cfg.judge not in ("", "default") else cfg.base_model
+    return FaithfulnessJudge(spec)
+
+
+def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike | None = None) -> EvalResult:
+    """Load the questions, evaluate, write the results folder (and the card entry with save_to_card)."""
+    items = load_questions(cfg.data, cfg.limit)
+    modes = parse_modes(cfg.modes)
+    if cfg.save_to_card and not any(m.startswith("lora") for m in modes):
+        raise ValueError("--save-to-card stores results under an adapter; include lora or lora+rag in --modes")
+    engine = engine or make_engine(cfg)
+    adapter = adapter_source(cfg.adapter, engine.root) if cfg.adapter else None
+    result = evaluate(engine, items, modes, adapter, cfg.index, cfg.k, progress,
+                      max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,
+                      judge=make_judge(cfg, engine), n_resamples=cfg.n_resamples, seed=cfg.seed,
+                      data_path=cfg.data)
+    out_dir = Path(out or cfg.out or Path("runs") / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    result.extra["out"] = str(out_dir)
+    result.extra["written"] = [str(p) for p in write_results(result, out_dir)]
+    if cfg.save_to_card:
+        save_to_card(result.summary, engine.root)
+        result.extra["card"] = result.summary["adapter"]
+    return result
+
+
+def run_compare(cfg: EvalConfig, old: str, new: str, engine=None, progress=None) -> dict[str, Any]:
+    """Regression report of `new` against `old`; each is a results folder or an adapter to evaluate now
+    (name, name@vN or folder) on cfg.data. Writes compare.json and compare.md into cfg.out."""
+    out_dir = Path(cfg.out or Path("runs") / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    results = []
+    for tag, spec in (("a", old), ("b", new)):
+        if (Path(spec) / RESULTS_FILE).is_file():
+            results.append(load_results(spec))
+            continue
+        engine = engine or make_engine(cfg)
+        sub = EvalConfig(**{**cfg.__dict__, "adapter": spec, "save_to_card": False})
+        safe = "".join(c if c.isalnum() or c in "-_@" else "_" for c in spec)[-60:]
+        results.append(run_eval(sub, engine, progress, out=out_dir / f"{tag}-{safe}"))
+    report = compare_results(*results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "compare.json", json.dumps(report, indent=2) + "\n")
+    md = compare_markdown(report, {r["id"]: r["question"] for r in results[0].rows})
+    _atomic_write(out_dir / "compare.md", md)
+    return {**report, "markdown": md, "out": str(out_dir)}

@@ -1,0 +1,111 @@
+"""Ask: one question, adapter and retrieval as two independent switches; the answer streams in."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import feedback
+from app.ui import state
+
+st.set_page_config(page_title="Loracle · Ask", page_icon="💬", layout="wide")
+st.title("Ask")
+st.caption("One base model; switch the domain adapter and retrieval independently. Nothing is reloaded when you switch.")
+
+engine = state.engine_or_stop()
+history: list = st.session_state.setdefault("history", [])
+
+left, mid, right = st.columns([2, 1, 1])
+with left:
+    adapter = state.adapter_picker("ask_adapter")
+with mid:
+    retrieval = st.toggle("Retrieval", value=True, key="ask_retrieval", help="Retrieve passages from an index and cite them.")
+with right:
+    k = st.number_input("Passages (k)", min_value=1, max_value=20, value=engine.config.k if hasattr(engine, "config") else 5,
+                        key="ask_k", disabled=not retrieval)
+index = None
+if retrieval:
+    index = state.index_picker("ask_index")
+    if index is None:
+        st.warning("No index exists yet: upload documents on the Documents page, or turn retrieval off.")
+
+with st.form("ask_form", clear_on_submit=False):
+    question = st.text_area("Question", key="question", height=90,
+                            placeholder="e.g. Is there a role for vitamin D in preventing falls in the elderly?")
+    submitted = st.form_submit_button("Ask", type="primary")
+
+
+def ask(question: str):
+    answer_box: dict = {}
+
+    def deltas():
+        for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
+                                  k=int(k), index=index):
+            if isinstance(item, str):
+                yield item
+            else:
+                answer_box["answer"] = item
+
+    with st.chat_message("assistant"):
+        st.write_stream(deltas())
+    return answer_box.get("answer")
+
+
+just_answered = None
+if submitted:
+    if not question.strip():
+        st.error("Type a question first.")
+    else:
+        with state.friendly_errors("Answering"):
+            just_answered = ask(question.strip())
+            if just_answered is not None:
+                if not just_answered.question:
+                    just_answered.question = question.strip()
+                history.append(just_answered)
+                st.session_state["last_answer"] = just_answered
+
+
+def answer_details(answer, n: int, show_text: bool) -> None:
+    if show_text:
+        with st.chat_message("assistant"):
+            st.markdown(answer.text)
+    st.caption(f"mode **{answer.mode}** · adapter {answer.adapter or 'off'} · {state.timings_line(answer.timings)}")
+    invalid = [c.number for c in answer.citations if not c.valid]
+    if invalid:
+        st.warning(f"The answer cites passages that were not given to the model: {invalid}")
+    if answer.passages:
+        cited = {c.number for c in answer.citations if c.valid}
+        st.markdown(f"**Passages** ({len(cited)} cited of {len(answer.passages)} retrieved)")
+        state.passage_view(answer.passages, cited)
+    done = st.session_state.setdefault("feedback_done", set())
+    if n in done:
+        st.caption("Feedback saved. Thank you.")
+        return
+    c1, c2, c3 = st.columns([4, 1, 1])
+    comment = c1.text_input("Comment (optional)", key=f"fb_comment_{n}", label_visibility="collapsed",
+                            placeholder="Optional comment for the feedback log")
+    for col, rating, label in ((c2, "up", "👍 Good"), (c3, "down", "👎 Bad")):
+        if col.button(label, key=f"fb_{rating}_{n}"):
+            with state.friendly_errors("Saving feedback"):
+                feedback.record(answer, rating, comment)
+                done.add(n)
+                st.success("Feedback saved. Thank you.")
+
+
+if history:
+    latest = len(history) - 1
+    if just_answered is None:
+        st.markdown(f"**Q:** {history[latest].question}")
+    answer_details(history[latest], latest, show_text=just_answered is None)
+    if len(history) > 1:
+        st.divider()
+        st.subheader("Conversation history")
+        for n in range(latest - 1, -1, -1):
+            a = history[n]
+            with st.expander(f"{n + 1}. [{a.mode}] {a.question[:90]}"):
+                st.markdown(a.text)
+                st.caption(f"adapter {a.adapter or 'off'} · {state.timings_line(a.timings)}")
+                if a.passages:
+                    st.caption("passages: " + ", ".join(f"[{p.rank}] {p.chunk.doc_id}" for p in a.passages))
+        if st.button("Clear history", key="clear_history"):
+            history.clear()
+            st.session_state.pop("last_answer", None)
+            st.rerun()

@@ -1,0 +1,83 @@
+"""Compare: one question, the four modes side by side, generated in one batched engine pass."""
+from __future__ import annotations
+
+import json
+import time
+
+import streamlit as st
+
+from app.types import MODES
+from app.ui import state
+
+st.set_page_config(page_title="Loracle · Compare", page_icon="🔀", layout="wide")
+st.title("Compare the four modes")
+st.caption("base · LoRA · RAG · LoRA+RAG for one question, in one batched pass over the same base model.")
+
+engine = state.engine_or_stop()
+
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    adapter = state.adapter_picker("cmp_adapter", allow_off=False, label="Adapter for the LoRA modes")
+with c2:
+    index = state.index_picker("cmp_index", label="Index for the RAG modes")
+with c3:
+    k = st.number_input("k", min_value=1, max_value=20, value=5, key="cmp_k")
+
+with st.form("cmp_form"):
+    question = st.text_area("Question", key="cmp_question", height=80)
+    submitted = st.form_submit_button("Compare", type="primary")
+
+if submitted:
+    if not question.strip():
+        st.error("Type a question first.")
+    elif adapter is None or index is None:
+        st.error("Comparing needs a registered adapter and an index: "
+                 + ("train an adapter on the Adapters page. " if adapter is None else "")
+                 + ("create an index on the Documents page." if index is None else ""))
+    else:
+        with state.friendly_errors("Comparing"), st.spinner("Generating all four modes in one batch..."):
+            t0 = time.perf_counter()
+            st.session_state["comparison"] = {
+                "question": question.strip(), "adapter": adapter, "index": index, "k": int(k),
+                "answers": engine.compare(question.strip(), adapter=adapter, index=index, k=int(k)),
+                "wall_s": time.perf_counter() - t0,
+            }
+
+comparison = st.session_state.get("comparison")
+if comparison:
+    from app.prompts import parse_decision
+
+    answers = comparison["answers"]
+    st.markdown(f"**Q:** {comparison['question']}")
+    st.caption(f"all four modes in {comparison['wall_s']:.1f} s")
+    rows = []
+    for mode in MODES:
+        a = answers.get(mode)
+        if a is None:
+            continue
+        cited = sorted({c.passage.doc_id for c in a.citations if c.valid and c.passage is not None})
+        rows.append({"mode": mode, "adapter": a.adapter or "off", "words": len(a.text.split()),
+                     "decision": parse_decision(a.text) or "-", "passages": len(a.passages),
+                     "cited": ", ".join(cited) or "-", "generation_s": round(a.timings.get("generation_s", 0.0), 2)})
+    import pandas as pd
+
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    grid = [st.columns(2), st.columns(2)]
+    for i, mode in enumerate(MODES):
+        a = answers.get(mode)
+        with grid[i // 2][i % 2].container(border=True):
+            st.subheader(mode)
+            if a is None:
+                st.info("not produced")
+                continue
+            st.markdown(a.text or "_(empty answer)_")
+            st.caption(f"{len(a.text.split())} words · decision {parse_decision(a.text) or '-'} · {state.timings_line(a.timings)}")
+            if a.passages:
+                state.passage_view(a.passages, {c.number for c in a.citations if c.valid})
+    payload = {
+        "question": comparison["question"], "adapter": comparison["adapter"], "index": comparison["index"],
+        "k": comparison["k"], "wall_s": comparison["wall_s"],
+        "answers": {m: a.to_dict() for m, a in answers.items()},
+    }
+    st.download_button("Save comparison (JSON)", json.dumps(payload, indent=2, default=str),
+                       file_name="comparison.json", mime="application/json", key="cmp_download")

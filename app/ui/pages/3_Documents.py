@@ -1,0 +1,135 @@
+"""Documents: upload files into an index (in the background, with progress), list, remove, create."""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from app.jobs import runner
+from app.ui import state
+
+st.set_page_config(page_title="Loracle · Documents", page_icon="📄", layout="wide")
+st.title("Documents")
+st.caption("Upload files into a retrieval index: PDF, DOCX, HTML, Markdown, text, XML. Several at once.")
+
+
+
+def human_size(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def doc_row(d: dict) -> dict:
+    meta = d.get("metadata") or {}
+    size = next((meta[k] for k in ("bytes", "size", "file_size", "n_bytes") if k in meta), None)
+    return {"doc_id": d.get("doc_id"), "title": d.get("title"), "format": d.get("format"), "chunks": d.get("chunks", 0),
+            "size": human_size(size), "added": d.get("added"), "source": d.get("source"),
+            "sha256": str(d.get("sha256") or "")[:12]}
+
+
+with st.expander("Create a new index"):
+    with st.form("create_index"):
+        new_name = st.text_input("Index name", key="new_index_name", placeholder="e.g. my-papers")
+        if st.form_submit_button("Create index"):
+            with state.friendly_errors("Creating the index"):
+                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", new_name or ""):
+                    raise ValueError(f"invalid index name '{new_name}': use letters, digits, '-' or '_'")
+                if new_name in state.indexes():
+                    raise ValueError(f"index '{new_name}' already exists; pick another name")
+                from ingest.config import indexes_dir
+                from ingest.index import Index
+
+                Index.create(indexes_dir() / new_name).close()
+                st.session_state["doc_index"] = new_name
+                st.success(f"Created index '{new_name}'.")
+
+names = state.indexes()
+if not names:
+    st.info("No index yet: create one above, or run `loracle ingest` / `make run` to build the default index.")
+    st.stop()
+index = state.index_picker("doc_index")
+
+
+def run_ingest(paths: list[Path], index_name: str, tmp: Path):
+    from ingest.pipeline import ingest_paths
+
+    def job(report):
+        try:
+            return ingest_paths(paths, index=index_name,
+                                progress=lambda done, total, *a: report.steps(done, total, f"{done}/{total} files"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return runner().submit("ingest", f"ingest {len(paths)} file(s) into '{index_name}'", job)
+
+
+def show_report(report) -> None:
+    st.success(f"Added {len(report.added)} document(s), {report.chunks_added} chunk(s); "
+               f"skipped {len(report.skipped)} unchanged.")
+    if report.rejected:
+        st.error(f"{len(report.rejected)} file(s) rejected:")
+        import pandas as pd
+
+        st.dataframe(pd.DataFrame(report.rejected, columns=["file", "reason"]), hide_index=True,
+                     width="stretch")
+
+
+uploads = st.file_uploader("Add files", accept_multiple_files=True, key="uploads",
+                           help="Drag and drop several files. Unchanged files are skipped; changed ones replaced.")
+if st.button("Add to index", type="primary", key="add_docs", disabled=not uploads):
+    with state.friendly_errors("Uploading"):
+        tmp = Path(tempfile.mkdtemp(prefix="loracle-upload-"))
+        paths = []
+        for f in uploads:
+            name = Path(f.name).name or "upload"
+            target = tmp / name
+            target.write_bytes(f.getvalue())
+            paths.append(target)
+        st.session_state["ingest_job"] = run_ingest(paths, index, tmp).id
+
+job_id = st.session_state.get("ingest_job")
+active = state.active_job("ingest")
+if active is not None and active.id != job_id:
+    st.info(f"Another ingest is running: {active.title}")
+if job_id:
+    try:
+        job = state.follow_job(runner().get(job_id))
+    except KeyError:
+        job = None
+    if job is not None and job.status == "done":
+        show_report(job.result)
+
+st.subheader(f"Documents in '{index}'")
+if "doc_notice" in st.session_state:
+    st.success(st.session_state.pop("doc_notice"))
+with state.friendly_errors("Reading the index"):
+    from ingest.index import Index
+
+    idx = Index.open(index)
+    docs = idx.documents()
+    if not docs:
+        st.info("This index is empty: add files above.")
+    else:
+        import pandas as pd
+
+        df = pd.DataFrame([doc_row(d) for d in docs])
+        st.caption(f"{len(docs)} document(s), {int(df['chunks'].sum())} chunk(s)")
+        st.dataframe(df, hide_index=True, width="stretch")
+        c1, c2 = st.columns([3, 1])
+        doc_ids = [str(d.get("doc_id")) for d in docs]
+        victim = c1.selectbox("Remove a document", doc_ids, key="remove_doc", index=None,
+                              placeholder="choose a document")
+        if c2.button("Remove", key="remove_btn", disabled=victim is None):
+            with state.friendly_errors(f"Removing '{victim}'"):
+                if not idx.remove(victim):
+                    raise ValueError(f"'{victim}' is no longer in index '{index}'")
+                st.session_state["doc_notice"] = f"Removed '{victim}' from '{index}'."
+                st.rerun()

@@ -1,0 +1,187 @@
+"""Adapters: the registry as a table, one adapter's card, train a new one in the background, set the default."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from app.jobs import runner
+from app.types import MODES
+from app.ui import state
+from app.ui.settings import save_settings, settings_path
+
+st.set_page_config(page_title="Loracle · Adapters", page_icon="🧩", layout="wide")
+st.title("Adapters")
+st.caption("LoRA adapters over the one base model. Training runs in the background; questions keep being answered.")
+
+
+def eval_summary(card: dict) -> str:
+    evals = card.get("evals") or {}
+    if not evals:
+        return "-"
+    latest = evals[sorted(evals, key=lambda v: int(str(v).lstrip("v") or 0))[-1]]
+    parts = []
+    for mode, metrics in latest.items():
+        if mode in MODES and isinstance(metrics, dict):
+            value = metrics.get("accuracy", metrics.get("rougeL", next(iter(metrics.values()), None)))
+            parts.append(f"{mode} {value:.2f}" if isinstance(value, (int, float)) else mode)
+    return ", ".join(parts) or "-"
+
+
+def curve_frame(card: dict):
+    """loss_curve / val_loss_curve as a step-indexed frame; points are [step, loss], {step, loss} or plain losses."""
+    import pandas as pd
+
+    series = {}
+    for key, label in (("loss_curve", "train"), ("val_loss_curve", "validation")):
+        points = {}
+        for i, p in enumerate(card.get(key) or []):
+            if isinstance(p, (int, float)):
+                points[i] = float(p)
+            elif isinstance(p, (list, tuple)) and len(p) >= 2:
+                points[int(p[0])] = float(p[1])
+            elif isinstance(p, dict) and "loss" in p:
+                points[int(p.get("step", i))] = float(p["loss"])
+        if points:
+            series[label] = pd.Series(points)
+    return pd.DataFrame(series) if series else None
+
+
+infos = state.adapters()
+default = state.default_adapter_name()
+if not infos:
+    st.info("No adapter is registered yet: train one below.")
+else:
+    import pandas as pd
+
+    rows = []
+    for a in infos:
+        card, parent = a.card, a.card.get("parent") or {}
+        data = card.get("training_data") or {}
+        rows.append({
+            "name": a.name, "version": a.version, "default": "★" if a.name == default else "",
+            "base model": a.base_model, "training data": data.get("path", "-") if isinstance(data, dict) else str(data),
+            "created": card.get("created", "-"),
+            "parent": f"{parent.get('name')}@v{parent.get('version')}" if parent else "-",
+            "eval": eval_summary(card),
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+    names = [a.name for a in infos]
+    c1, c2 = st.columns([3, 1])
+    chosen = c1.selectbox("Adapter", names, index=names.index(default) if default in names else 0, key="card_adapter")
+    c2.write("")
+    if c2.button("Set as default", key="set_default", disabled=chosen == default):
+        with state.friendly_errors("Saving the default adapter"):
+            save_settings({"default_adapter": chosen})
+            st.success(f"'{chosen}' is now the default adapter (saved in settings).")
+            st.rerun()
+    info = next(a for a in infos if a.name == chosen)
+    card_tab, eval_tab, raw_tab = st.tabs(["Model card", "Evaluation per mode", "card.json"])
+    with card_tab:
+        readme = info.path / "README.md"
+        st.markdown(readme.read_text(encoding="utf-8") if readme.exists() else "_(no README.md)_")
+        curve = curve_frame(info.card)
+        if curve is not None:
+            st.caption("training / validation loss")
+            st.line_chart(curve, height=200)
+    with eval_tab:
+        evals = info.card.get("evals") or {}
+        if not evals:
+            st.info("No evaluation recorded yet: run one on the Evaluate page.")
+        for version, summary in evals.items():
+            st.markdown(f"**{version}**")
+            import pandas as pd
+
+            st.dataframe(pd.DataFrame({m: v for m, v in summary.items() if m in MODES}).T, width="stretch")
+    with raw_tab:
+        st.code(json.dumps(info.card, indent=2), language="json")
+
+st.divider()
+st.subheader("Train a new adapter")
+with st.form("train_form"):
+    source = st.radio("Training data", ["Upload QA JSONL", "Retrieval-aware from the current index"],
+                      key="train_source", horizontal=True)
+    upload = st.file_uploader("QA JSONL ({question, long_answer, final_decision?, context_doc_id?} per line); "
+                              "empty = the bundled PubMedQA train set",
+                              type=["jsonl"], key="train_upload")
+    c1, c2, c3, c4 = st.columns(4)
+    name = c1.text_input("Adapter name", key="train_name", placeholder="e.g. medical-v2")
+    epochs = c2.number_input("Epochs", 1, 20, 1, key="train_epochs")
+    rank = c3.number_input("LoRA rank", 1, 128, 8, key="train_rank")
+    limit = c4.number_input("Max examples (0 = all)", 0, 100000, 0, key="train_limit")
+    index = state.index_picker("train_index", label="Index (retrieval-aware training)")
+    submitted = st.form_submit_button("Train", type="primary")
+
+
+def bundled_train_set() -> Path | None:
+    from ingest.config import home
+
+    path = home() / "data" / "pubmedqa" / "train.jsonl"
+    return path if path.exists() else None
+
+
+def start_training(cfg_kwargs: dict, data_bytes: bytes | None):
+    def job(report):
+        from app.train import TrainConfig, train
+
+        tmp = None
+        if data_bytes is not None:
+            tmp = Path(tempfile.mkdtemp(prefix="loracle-train-"))
+            (tmp / "train.jsonl").write_bytes(data_bytes)
+            cfg_kwargs["data"] = str(tmp / "train.jsonl")
+        report(0.0, "preparing")
+        info = train(TrainConfig(**cfg_kwargs),
+                     progress=lambda step, total, loss: report.steps(step, total, f"step {step}/{total} · loss {loss:.3f}",
+                                                                     step=step, loss=float(loss)))
+        return info
+
+    return runner().submit("train", f"train '{cfg_kwargs['name']}'", job)
+
+
+if submitted:
+    with state.friendly_errors("Starting training"):
+        from app.registry import check_name
+
+        check_name(name)
+        retrieval_aware = source.startswith("Retrieval")
+        data = upload.getvalue() if upload is not None else None
+        bundled = bundled_train_set()
+        if data is None and bundled is None:
+            raise ValueError("upload a QA JSONL file with the questions and answers to train on")
+        for n, line in enumerate((data or b"").decode("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{upload.name} line {n} is not valid JSON ({exc.msg})") from None
+        if retrieval_aware and index is None:
+            raise ValueError("retrieval-aware training needs an index; create one on the Documents page")
+        cfg = {"data": str(bundled), "name": name, "epochs": int(epochs), "rank": int(rank), "retrieval_aware": retrieval_aware}
+        if limit:
+            cfg["limit"] = int(limit)
+        if retrieval_aware:
+            cfg["index"] = index
+        base = state.engine_config().base_model
+        if base:
+            cfg["base_model"] = base
+        st.session_state["train_job"] = start_training(cfg, data).id
+
+job_id = st.session_state.get("train_job")
+other = state.active_job("train")
+if other is not None and other.id != job_id:
+    st.info(f"Training in progress: {other.title}")
+    job_id = other.id
+if job_id:
+    try:
+        job = state.follow_job(runner().get(job_id), loss_chart=True)
+    except KeyError:
+        job = None
+    if job is not None and job.status == "done" and job.result is not None:
+        st.success(f"Trained and registered {getattr(job.result, 'label', job.result)}. "
+                   f"It is available in the adapter menus now (no reload).")
+with st.expander("Background jobs"):
+    state.recent_jobs_table()
+st.caption(f"Default adapter is stored in {settings_path()}")

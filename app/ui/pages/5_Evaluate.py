@@ -1,0 +1,143 @@
+"""Evaluate: a question set x chosen modes -> accuracy, recall@k, latency per mode, drill-down, downloads."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from app.jobs import runner
+from app.types import MODES
+from app.ui import state
+
+st.set_page_config(page_title="Loracle · Evaluate", page_icon="📊", layout="wide")
+st.title("Evaluate")
+st.caption("Run a question set through the modes you pick; compare accuracy, retrieval recall and latency.")
+
+engine = state.engine_or_stop()
+
+
+def bundled_dev_set() -> Path | None:
+    from ingest.config import home
+
+    for path in (home() / "data" / "pubmedqa" / "dev.jsonl", Path(__file__).resolve().parents[3] / "data" / "pubmedqa" / "dev.jsonl"):
+        if path.exists():
+            return path
+    return None
+
+
+bundled = bundled_dev_set()
+choices = (["Bundled PubMedQA dev set"] if bundled else []) + ["Upload JSONL"]
+with st.form("eval_form"):
+    source = st.radio("Question set", choices, key="eval_source", horizontal=True)
+    upload = st.file_uploader("QA JSONL ({id, question, final_decision?, context_doc_id?, long_answer?} per line)",
+                              type=["jsonl"], key="eval_upload")
+    modes = st.multiselect("Modes", list(MODES), default=list(MODES), key="eval_modes")
+    c1, c2, c3, c4 = st.columns(4)
+    with c1:
+        adapter = state.adapter_picker("eval_adapter", allow_off=False, label="Adapter (LoRA modes)")
+    with c2:
+        index = state.index_picker("eval_index", label="Index (RAG modes)")
+    k = c3.number_input("k", 1, 20, 5, key="eval_k")
+    limit = c4.number_input("Questions (0 = all)", 0, 100000, 10, key="eval_limit")
+    submitted = st.form_submit_button("Run evaluation", type="primary")
+
+
+def start(path: Path, limit: int, tmp: Path | None):
+    def job(report):
+        from app.evaluate import evaluate, load_questions
+
+        try:
+            items = load_questions(path, limit=limit or None)
+            report(0.0, f"{len(items)} questions x {len(modes)} modes")
+            return evaluate(engine, items, modes=modes, adapter=adapter, index=index, k=int(k),
+                            progress=lambda done, total: report.steps(done, total, f"{done}/{total} answers"),
+                            data_path=str(path))
+        finally:
+            if tmp is not None:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    return runner().submit("evaluate", f"evaluate {path.name} ({', '.join(modes)})", job)
+
+
+if submitted:
+    with state.friendly_errors("Starting the evaluation"):
+        if not modes:
+            raise ValueError("pick at least one mode")
+        if any(m.startswith("lora") for m in modes) and adapter is None:
+            raise ValueError("the LoRA modes need a registered adapter; train one on the Adapters page")
+        if any(m.endswith("rag") for m in modes) and index is None:
+            raise ValueError("the RAG modes need an index; create one on the Documents page")
+        tmp = None
+        if source == "Upload JSONL":
+            if upload is None:
+                raise ValueError("upload a JSONL question set, or choose the bundled dev set")
+            tmp = Path(tempfile.mkdtemp(prefix="loracle-eval-"))
+            path = tmp / (Path(upload.name).name or "questions.jsonl")
+            path.write_bytes(upload.getvalue())
+            from app.evaluate import load_questions
+
+            load_questions(path, limit=1)  # a bad file fails here, in the page, not in the background
+        else:
+            path = bundled
+        st.session_state["eval_job"] = start(path, int(limit), tmp).id
+
+job_id = st.session_state.get("eval_job")
+other = state.active_job("evaluate")
+if other is not None and other.id != job_id:
+    st.info(f"Another evaluation is running: {other.title}")
+result = None
+if job_id:
+    try:
+        job = state.follow_job(runner().get(job_id))
+        result = job.result if job.status == "done" else None
+    except KeyError:
+        pass
+
+if result is not None:
+    import pandas as pd
+
+    from app.evaluate import plot_summary
+
+    summary = result.summary
+    st.subheader("Results per mode")
+    per_mode = pd.DataFrame(summary["metrics"]).T
+    st.dataframe(per_mode, width="stretch")
+    figs = plot_summary(summary)
+    cols = st.columns(max(1, len(figs)))
+    for col, (stem, fig) in zip(cols, figs.items()):
+        col.pyplot(fig)
+    rows = pd.DataFrame(result.rows)
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Download results (CSV)", rows.to_csv(index=False), "results.csv", "text/csv", key="dl_csv")
+    c2.download_button("Download results (JSON)",
+                       json.dumps({"summary": summary, "rows": result.rows}, indent=2, default=str),
+                       "results.json", "application/json", key="dl_json")
+    lora_adapter = summary.get("adapter")
+    if lora_adapter and c3.button("Record in the adapter card", key="eval_record"):
+        with state.friendly_errors("Recording the evaluation"):
+            from app.evaluate import save_to_card
+
+            save_to_card(summary, lora_adapter)
+            st.success(f"Stored under {lora_adapter} in its card.json.")
+
+    st.subheader("Per question")
+    table = (rows.assign(gold=rows["gold"].fillna("-"), decision=rows["decision"].fillna("-"))
+             .pivot_table(index=["id", "gold"], columns="mode", values="decision", aggfunc="first").reset_index())
+    st.dataframe(table, hide_index=True, width="stretch")
+    ids = list(dict.fromkeys(rows["id"]))
+    qid = st.selectbox("Drill down into a question", ids, key="eval_drill")
+    picked = rows[rows["id"] == qid]
+    st.markdown(f"**Q:** {picked.iloc[0]['question']}  \n**gold:** {picked.iloc[0]['gold'] or '-'} · "
+                f"gold document: {picked.iloc[0]['context_doc_id'] or '-'}")
+    grid = st.columns(2)
+    for i, (_, r) in enumerate(picked.iterrows()):
+        with grid[i % 2].container(border=True):
+            ok = {True: "✅ correct", False: "❌ wrong"}.get(r["correct"], "")
+            st.markdown(f"**{r['mode']}** · decision {r['decision'] or '-'} {ok}")
+            st.markdown(r["answer"] or "_(empty)_")
+            hit = {True: "gold retrieved", False: "gold missed"}.get(r["retrieval_hit"], "")
+            st.caption(f"{r['latency_s']:.2f} s · passages: {', '.join(r['retrieved_doc_ids']) or '-'} {hit}")

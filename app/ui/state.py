@@ -1,0 +1,178 @@
+"""What the pages share: the one engine per process, registry/index look-ups, errors, job display.
+
+The model is loaded once per process (`st.cache_resource`) and shared by every session; switching
+adapter or retrieval is a per-request argument to the engine, never a reload.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import streamlit as st
+
+from app.jobs import Job, runner
+
+ADAPTER_OFF = "off"
+
+
+def engine_config():
+    """EngineConfig from the defaults, the environment and the saved settings (default adapter)."""
+    from app.config import EngineConfig
+    from app.ui.settings import load_settings
+
+    cfg = EngineConfig()
+    if os.environ.get("LORACLE_MAX_NEW_TOKENS"):
+        cfg.max_new_tokens = int(os.environ["LORACLE_MAX_NEW_TOKENS"])
+    if os.environ.get("LORACLE_INDEX"):
+        cfg.index = os.environ["LORACLE_INDEX"]
+    default = load_settings().get("default_adapter")
+    if default:
+        cfg.default_adapter = default
+    return cfg
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server process)...")
+def get_engine():
+    from app.engine import Engine
+
+    return Engine(engine_config())
+
+
+def engine_or_stop():
+    """The shared engine, or a readable error and a stopped page when it cannot load."""
+    try:
+        return get_engine()
+    except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+        st.error(f"The model could not be loaded: {exc}")
+        st.stop()
+
+
+@contextmanager
+def friendly_errors(action: str) -> Iterator[None]:
+    """Show any failure inside the block as one readable st.error line, never a traceback."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        message = str(exc) or type(exc).__name__
+        st.error(f"{action} failed: {message}")
+
+
+def adapters() -> list[Any]:
+    """Registered adapters (AppInfo objects), newest registry state every run."""
+    from app.config import adapters_dir
+    from app.registry import list_adapters
+
+    try:
+        return list_adapters(adapters_dir())
+    except FileNotFoundError:
+        return []
+
+
+def default_adapter_name() -> str | None:
+    from app.ui.settings import load_settings
+
+    names = [a.name for a in adapters()]
+    preferred = load_settings().get("default_adapter") or engine_config().default_adapter
+    if preferred in names:
+        return preferred
+    return names[0] if names else None
+
+
+def indexes() -> list[str]:
+    from ingest.index import list_indexes
+
+    try:
+        return list(list_indexes())
+    except FileNotFoundError:
+        return []
+
+
+def adapter_picker(key: str, allow_off: bool = True, label: str = "Adapter") -> str | None:
+    """Selectbox of registered adapters (plus 'off'); returns the adapter name or None."""
+    names = [a.name for a in adapters()]
+    options = ([ADAPTER_OFF] if allow_off else []) + names
+    if not options:
+        st.warning("No adapter is registered yet: train one on the Adapters page.")
+        return None
+    default = default_adapter_name()
+    index = options.index(default) if default in options else 0
+    choice = st.selectbox(label, options, index=index, key=key, help="A LoRA adapter over the same base model; switching never reloads the model.")
+    return None if choice == ADAPTER_OFF else choice
+
+
+def index_picker(key: str, label: str = "Index") -> str | None:
+    names = indexes()
+    if not names:
+        return None
+    preferred = engine_config().index
+    return st.selectbox(label, names, index=names.index(preferred) if preferred in names else 0, key=key)
+
+
+def passage_view(passages: list[Any], cited: set[int] | None = None) -> None:
+    """Each passage: source document, location, score; the chunk text as plain text (never HTML)."""
+    for p in passages:
+        mark = " (cited)" if cited and p.rank in cited else ""
+        meta = p.chunk.metadata
+        where = meta.get("location") or f"chars {p.chunk.start}-{p.chunk.end}"
+        title = f"[{p.rank}] {p.chunk.doc_id} · {where} · score {p.score:.3f}{mark}"
+        with st.expander(title):
+            st.caption(f"source: {meta.get('source', p.chunk.doc_id)} · chunk {p.chunk.chunk_id}")
+            st.code(p.chunk.text, language=None, wrap_lines=True)
+
+
+def timings_line(timings: dict[str, float]) -> str:
+    parts = []
+    if "retrieval_s" in timings:
+        parts.append(f"retrieval {timings['retrieval_s'] * 1000:.0f} ms")
+    if "generation_s" in timings:
+        parts.append(f"generation {timings['generation_s']:.2f} s")
+    if "tokens_per_s" in timings:
+        parts.append(f"{timings['tokens_per_s']:.1f} tokens/s")
+    if "new_tokens" in timings:
+        parts.append(f"{int(timings['new_tokens'])} new tokens")
+    return " · ".join(parts)
+
+
+def follow_job(job: Job, poll_s: float = 0.3, loss_chart: bool = False) -> Job:
+    """Show a job's progress live until it ends. The job runs in its own thread: leaving the
+    page stops only this display, the work goes on and the page re-attaches when you come back."""
+    bar = st.progress(job.progress, text=f"{job.title}: {job.message or job.status}")
+    chart = st.empty() if loss_chart else None
+    shown = -1
+    while True:
+        current = runner().get(job.id)
+        bar.progress(current.progress, text=f"{current.title}: {current.message or current.status} ({current.elapsed_s:.0f} s)")
+        if chart is not None and len(current.metrics) != shown:
+            shown = len(current.metrics)
+            losses = [m for m in current.metrics if "loss" in m]
+            if losses:
+                import pandas as pd
+
+                chart.line_chart(pd.DataFrame(losses).set_index("step")[["loss"]], height=220)
+        if not current.active:
+            break
+        time.sleep(poll_s)
+    if current.status == "failed":
+        st.error(f"{current.title} failed: {current.error}")
+    return current
+
+
+def active_job(kind: str) -> Job | None:
+    jobs = runner().active(kind)
+    return jobs[0] if jobs else None
+
+
+def recent_jobs_table(kind: str | None = None) -> None:
+    jobs = runner().list(kind)
+    if not jobs:
+        return
+    import pandas as pd
+
+    rows = [
+        {"job": j.title, "kind": j.kind, "status": j.status, "progress": f"{j.progress:.0%}",
+         "elapsed_s": round(j.elapsed_s, 1), "message": j.error or j.message}
+        for j in jobs
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

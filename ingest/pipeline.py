@@ -1,0 +1,202 @@
+"""Files -> index, incrementally: load -> chunk -> embed -> write, with loading/chunking in a
+background thread so it overlaps with embedding. Unchanged documents (same content hash and chunker
+settings) are skipped before parsing; changed ones have their old chunks replaced; bad files are
+rejected with a one-line reason while the rest of the batch goes in. All changes of one call are
+committed together, so a failure leaves the existing index as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ingest.chunk import chunk, validate
+from ingest.config import ChunkConfig, IngestConfig, home
+from ingest.index import Index, index_path
+from ingest.load import LoadError, iter_files, load
+from ingest.types import Chunk, Document
+
+Progress = Callable[[int, int, str], None]  # (documents done, documents expected, current name)
+DEFAULT_INDEX = "pubmedqa"
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)  # doc ids embedded by this call (new or changed)
+    skipped: list[str] = field(default_factory=list)  # unchanged: same content hash and chunker
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+    removed: list[str] = field(default_factory=list)
+    chunks_added: int = 0
+    replaced: list[str] = field(default_factory=list)  # the part of `added` that replaced an older version
+    index: str = ""
+
+
+class _Tracker:
+    """Counts documents done across both threads; a JSONL corpus grows the expected total when read."""
+
+    def __init__(self, total: int, callback: Progress | None):
+        self.total, self.done, self.callback = total, 0, callback
+        self._lock = threading.Lock()
+
+    def grow(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+    def step(self, name: str) -> None:
+        with self._lock:
+            self.done += 1
+            if self.callback:
+                self.callback(self.done, self.total, name)
+
+
+def chunker_key(c: ChunkConfig) -> str:
+    return f"{c.unit}:{c.size}:{c.overlap}"
+
+
+def default_corpus() -> Path:
+    return home() / "data" / "pubmedqa" / "corpus.jsonl"
+
+
+def _open(index: str | Path, config: IngestConfig | None) -> tuple[Index, IngestConfig]:
+    if config is not None:
+        validate(config.chunk)
+        ix = Index.open_or_create(index, embedder=config.embedder, chunk=config.chunk)
+        return ix, config
+    ix = Index.open_or_create(index)
+    return ix, IngestConfig(embedder=ix.embedder, chunk=ix.chunk_config)
+
+
+def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX, config: IngestConfig | None = None,
+                 progress: Progress | None = None, remove: Iterable[str] = ()) -> IngestReport:
+    """Add files / folders / JSONL corpora to `index` (created when missing) and remove doc ids.
+
+    With `config=None` an existing index keeps its own embedder and chunker settings."""
+    from ingest.embed import get_embedder
+
+    ix, config = _open(index, config)
+    report = IngestReport(index=str(ix.path))
+    files = iter_files(paths)
+    embedder = get_embedder(config.embedder) if files else None
+    key = chunker_key(config.chunk)
+    try:
+        with ix.writer() as w:
+            for doc_id in remove:
+                if w.remove(doc_id):
+                    report.removed.append(doc_id)
+                else:
+                    report.rejected.append((doc_id, f"no document '{doc_id}' in index '{ix.name}'"))
+            if files:
+                known = ix.fingerprints()
+                jobs: queue.Queue = queue.Queue(maxsize=256)
+                tracker = _Tracker(len(files), progress)
+                producer = threading.Thread(target=_produce, daemon=True, args=(
+                    files, known, key, config, embedder.path, report, jobs, tracker))
+                producer.start()
+                _consume(jobs, w, embedder, config.batch_size, key, known, report, tracker)
+                producer.join()
+    finally:
+        ix.close()
+    return report
+
+
+def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestReport:
+    return ingest_paths([], index=index, remove=doc_ids)
+
+
+def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, config: IngestConfig,
+             tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker) -> None:
+    """Background thread: load + chunk each file, put (doc, chunks) on the queue; None ends it."""
+    seen: dict[str, str] = {}
+    try:
+        for path in files:
+            try:
+                if path.is_file() and path.stat().st_size > config.max_file_bytes:
+                    raise LoadError(f"file is larger than the {config.max_file_bytes // 2**20} MiB limit")
+                if path.suffix.lower() != ".jsonl" and path.is_file():
+                    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+                    if known.get(path.stem) == (sha, key) and path.stem not in seen:
+                        seen[path.stem] = str(path)
+                        report.skipped.append(path.stem)
+                        tracker.step(path.name)
+                        continue
+                docs = load(path)
+            except LoadError as exc:
+                report.rejected.append((str(path), str(exc)))
+                tracker.step(path.name)
+                continue
+            except Exception as exc:  # an unexpected parser failure must not sink the batch
+                report.rejected.append((str(path), f"could not load: {type(exc).__name__}: {exc}"[:200]))
+                tracker.step(path.name)
+                continue
+            tracker.grow(len(docs) - 1)
+            for doc in docs:
+                if doc.doc_id in seen:
+                    report.rejected.append((str(path), f"doc id '{doc.doc_id}' already comes from {seen[doc.doc_id]}"))
+                    tracker.step(doc.doc_id)
+                    continue
+                seen[doc.doc_id] = str(path)
+                if known.get(doc.doc_id) == (doc.metadata.get("sha256"), key):
+                    report.skipped.append(doc.doc_id)
+                    tracker.step(doc.doc_id)
+                    continue
+                jobs.put((doc, chunk(doc, config.chunk, tokenizer_path)))
+    except BaseException as exc:  # surfaced by the consumer
+        jobs.put(exc)
+    finally:
+        jobs.put(None)
+
+
+def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: dict, report: IngestReport,
+             tracker: _Tracker) -> None:
+    """Main thread: embed chunks in batches and write each document once all its chunks have vectors."""
+    import numpy as np
+
+    pending: list[tuple[Document, list[Chunk]]] = []
+
+    def flush() -> None:
+        texts = [c.text for _, cs in pending for c in cs]
+        vectors = embedder.encode(texts, batch_size=batch_size)
+        at = 0
+        for doc, cs in pending:
+            w.put(doc, cs, vectors[at:at + len(cs)] if cs else np.zeros((0, embedder.dim), "float32"), chunker=key)
+            at += len(cs)
+            report.added.append(doc.doc_id)
+            report.chunks_added += len(cs)
+            if doc.doc_id in known:
+                report.replaced.append(doc.doc_id)
+            tracker.step(doc.doc_id)
+        pending.clear()
+
+    while True:
+        item = jobs.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        pending.append(item)
+        if sum(len(cs) for _, cs in pending) >= batch_size * 4:
+            flush()
+    if pending:
+        flush()
+
+
+def ensure_default_index(progress: Progress | None = None) -> Path:
+    """Build indexes/pubmedqa from the corpus shipped under data/pubmedqa when it is missing or empty."""
+    path = index_path(DEFAULT_INDEX)
+    if (path / "manifest.json").is_file():
+        ix = Index.open(path)
+        try:
+            if len(ix):
+                return path
+        finally:
+            ix.close()
+    corpus = default_corpus()
+    if not corpus.is_file():
+        raise FileNotFoundError(f"default corpus {corpus} is missing; restore data/pubmedqa from the repository")
+    report = ingest_paths([corpus], index=DEFAULT_INDEX, progress=progress)
+    if report.rejected:
+        raise RuntimeError(f"building the default index rejected {report.rejected[0][0]}: {report.rejected[0][1]}")
+    return path

@@ -1,0 +1,189 @@
+"""Durability: SIGKILL an ingest at seeded random moments; the index must always open consistent, and
+re-running the same ingest must complete it.
+
+To keep this fast a helper process (`python -m tests.test_crash serve INDEX`) imports everything and
+loads the real embedder once, then forks one child per ingest; the test kills the child with SIGKILL
+after a random delay drawn from the measured length of an uninterrupted run. Each batch adds new
+small text files and changes one file of the previous batch (so replace paths are hit too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "data" / "pubmedqa" / "corpus.jsonl"
+MIN_KILLS = 20
+PER_BATCH = 4
+
+
+def _serve(index: str) -> None:
+    """Fork server: one line in ('run DIR'), one child ingest; prints 'pid N' then 'exit STATUS'."""
+    import torch
+
+    torch.set_num_threads(1)  # no OpenMP pool in the parent: forked children must not inherit one
+    from ingest.pipeline import ingest_paths
+
+    with tempfile.TemporaryDirectory() as warm:  # import and touch everything once, so children start warm
+        (Path(warm) / "warm.txt").write_text("Warm up the loader, chunker, embedder and FAISS.\n")
+        ingest_paths([Path(warm) / "warm.txt"], index=Path(warm) / "index")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd != "run":
+            break
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                report = ingest_paths([arg], index=index)
+                code = 3 if report.rejected else 0
+            except BaseException:  # noqa: BLE001 - report and leave without running parent cleanup
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        print(f"pid {pid}", flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(f"exit {status}", flush=True)
+
+
+class Server:
+    def __init__(self, index: Path):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.test_crash", "serve", str(index)], cwd=REPO, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._line() == "ready"
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"fork server died (rc {self.proc.poll()})")
+        return line
+
+    def run(self, batch: Path, kill_after: float | None = None) -> tuple[bool, float]:
+        """Run one ingest; SIGKILL it after `kill_after` s. Returns (was killed mid-run, seconds)."""
+        self.proc.stdin.write(f"run {batch}\n")
+        self.proc.stdin.flush()
+        pid = int(self._line().split()[1])
+        t0 = time.perf_counter()
+        if kill_after is not None:
+            time.sleep(kill_after)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it finished and was reaped already
+                pass
+        status = int(self._line().split()[1])
+        elapsed = time.perf_counter() - t0
+        if os.WIFSIGNALED(status):
+            assert os.WTERMSIG(status) == signal.SIGKILL
+            return True, elapsed
+        assert os.WEXITSTATUS(status) == 0, f"ingest of {batch} failed with exit code {os.WEXITSTATUS(status)}"
+        return False, elapsed
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _texts(n: int) -> list[str]:
+    texts = []
+    with open(CORPUS) as f:
+        for line in f:
+            texts.append(json.loads(line)["text"][:500])
+            if len(texts) == n:
+                break
+    return texts
+
+
+def _make_batch(root: Path, i: int, texts: list[str]) -> tuple[Path, dict[str, str]]:
+    """Batch i: PER_BATCH new files plus a changed copy of one file from batch i-1."""
+    import hashlib
+
+    d = root / f"batch{i:02d}"
+    d.mkdir()
+    names = {f"doc{i:02d}-{j}": texts[(i * PER_BATCH + j) % len(texts)] for j in range(PER_BATCH)}
+    if i > 0:
+        names[f"doc{i - 1:02d}-0"] = f"Revised in batch {i}.\n\n" + texts[(i * 7) % len(texts)]
+    want = {}
+    for stem, text in names.items():
+        data = f"Document {stem}\n\n{text}\n".encode()
+        (d / f"{stem}.txt").write_bytes(data)
+        want[stem] = hashlib.sha256(data).hexdigest()
+    return d, want
+
+
+def _check_consistent(index: Path) -> dict[str, str]:
+    """Open the index; manifest, FAISS and the chunk store must agree. Returns {doc_id: sha256}."""
+    import numpy as np
+
+    from ingest.index import Index
+
+    ix = Index.open(index)
+    try:
+        docs = ix.documents()
+        chunks = list(ix.iter_chunks())
+        n = len(ix)
+        assert n == len(chunks) == sum(d["chunks"] for d in docs), (n, len(chunks))
+        manifest = json.loads((index / "manifest.json").read_text())
+        assert manifest["counts"] == {"documents": len(docs), "chunks": n}, manifest["counts"]
+        assert sorted(d["doc_id"] for d in manifest["documents"]) == [d["doc_id"] for d in docs]
+        assert {d["doc_id"]: d["sha256"] for d in manifest["documents"]} == {d["doc_id"]: d["sha256"] for d in docs}
+        if n:
+            _, ids = ix.search(np.ones((1, ix.dim), "float32"), k=n)  # flat index: every vector comes back
+            ids = sorted(int(i) for i in ids[0])
+            assert ids == sorted(row for row, _ in chunks)
+            assert all(c is not None for c in ix.get_chunks(ids))
+        assert {c.doc_id for _, c in chunks} <= {d["doc_id"] for d in docs}
+        return {d["doc_id"]: d["sha256"] for d in docs}
+    finally:
+        ix.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sigkill_during_ingest_never_corrupts_the_index(tmp_path):
+    if not CORPUS.exists():
+        pytest.skip(f"{CORPUS} not found")
+    rng = random.Random(1234)
+    index = tmp_path / "crashy"
+    texts = _texts(200)
+    server = Server(index)
+    try:
+        batch, want = _make_batch(tmp_path, 0, texts)
+        _, clean_s = server.run(batch)  # the baseline, uninterrupted
+        state = _check_consistent(index)
+        assert all(state[k] == v for k, v in want.items())
+        live_kills, outcomes, i = 0, {"before commit": 0, "after commit": 0, "after exit": 0}, 0
+        while live_kills < MIN_KILLS:
+            i += 1
+            assert i <= 2 * MIN_KILLS, f"only {live_kills} kills landed mid-run in {i - 1} tries"
+            batch, want = _make_batch(tmp_path, i, texts)
+            # half the points anywhere in the run, half near its end, where the commit writes happen
+            at = rng.uniform(0.0, 1.05) if i % 2 else rng.uniform(0.75, 1.02)
+            killed, _ = server.run(batch, kill_after=at * clean_s)
+            live_kills += killed
+            state = _check_consistent(index)
+            applied = [state.get(k) == v for k, v in want.items()]
+            assert all(applied) or not any(applied), f"batch {i} half applied: {applied}"  # one call = one commit
+            outcomes["after exit" if not killed else "after commit" if all(applied) else "before commit"] += 1
+            _, clean_s = server.run(batch)  # the re-run completes it
+            state = _check_consistent(index)
+            assert all(state.get(k) == v for k, v in want.items()), f"re-run of batch {i} did not complete it"
+        print(f"\n{live_kills} SIGKILLs mid-ingest in {i} batches; kills landed {outcomes}; "
+              f"last clean ingest {clean_s:.2f}s; index {len(state)} docs")
+    finally:
+        server.close()
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "serve":
+    _serve(sys.argv[2])

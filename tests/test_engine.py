@@ -1,0 +1,178 @@
+"""Engine behaviour on a real tiny Llama with real PEFT adapters: modes, batching, streaming, threads."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app import registry
+from app.config import EngineConfig
+from app.engine import Engine, Request
+from tests.tiny_adapter import card_for, make_adapter, untie_base
+
+QUESTIONS = ["What is aspirin?", "Does smoking cause lung cancer in adults who smoke every day?", "Is tea good?"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("engine")
+    base = untie_base(tiny_model_dir, d / "base")
+    root = d / "adapters"
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        registry.install(make_adapter(base, d / f"staging-{name}", seed=seed), name, card_for(base), root)
+    engine = Engine(EngineConfig(base_model=str(base), adapters_dir=str(root), adapters=("alpha", "beta"),
+                                 max_new_tokens=10))
+    return engine, base, root, d
+
+
+@pytest.fixture(scope="module")
+def alone(setup):
+    engine = setup[0]
+    return {(q, a): engine.answer(q, adapter=a).text for q in QUESTIONS for a in (None, "alpha", "beta")}
+
+
+def test_adapter_on_off_changes_output_without_reloading(setup, alone):
+    engine = setup[0]
+    weight = engine.base_model.get_input_embeddings().weight
+    ptr, model = weight.data_ptr(), engine.model
+    for q in QUESTIONS:
+        assert alone[(q, None)] and alone[(q, "alpha")] and alone[(q, "beta")]
+        assert alone[(q, None)] != alone[(q, "alpha")] != alone[(q, "beta")]
+    for _ in range(2):  # back and forth: same answers, same weights, same model object
+        assert engine.answer(QUESTIONS[0], adapter="alpha").text == alone[(QUESTIONS[0], "alpha")]
+        assert engine.answer(QUESTIONS[0]).text == alone[(QUESTIONS[0], None)]
+    assert engine.model is model and engine.base_model.get_input_embeddings().weight.data_ptr() == ptr
+    assert engine.loaded_adapters() == ["alpha", "beta"]
+
+
+def test_answer_reports_mode_adapter_and_timings(setup):
+    engine = setup[0]
+    base = engine.answer(QUESTIONS[0])
+    lora = engine.answer(QUESTIONS[0], adapter="alpha", max_new_tokens=4)
+    assert (base.mode, base.adapter) == ("base", None)
+    assert (lora.mode, lora.adapter) == ("lora", "alpha@v1")
+    assert lora.timings["new_tokens"] <= 4 and lora.timings["prompt_tokens"] > 10
+    assert {"retrieval_s", "generation_s", "tokens_per_s"} <= set(lora.timings)
+    assert lora.question == QUESTIONS[0] and lora.passages == [] and lora.citations == []
+
+
+def test_mixed_batch_equals_separate_runs_row_by_row(setup, alone):
+    engine = setup[0]
+    reqs = [Request(q, a) for q in QUESTIONS for a in (None, "alpha", "beta")]
+    answers = engine.answer_batch(reqs)  # one generate() call, prompts of different lengths (left padding)
+    for r, a in zip(reqs, answers):
+        assert a.text == alone[(r.question, r.adapter)], (r, a.text)
+        assert a.mode == ("lora" if r.adapter else "base") and a.timings["batch_size"] == len(reqs)
+
+
+def test_batch_rows_keep_their_own_token_limit(setup, alone):
+    engine = setup[0]
+    short, long_ = engine.answer_batch([Request(QUESTIONS[1], "beta", max_new_tokens=3), Request(QUESTIONS[1])])
+    assert short.timings["new_tokens"] <= 3 and long_.text == alone[(QUESTIONS[1], None)]
+
+
+@pytest.fixture
+def index_path(request):
+    pytest.importorskip("app.retrieve", reason="retrieval module not available yet")
+    try:
+        return str(request.getfixturevalue("sample_index"))
+    except pytest.FixtureLookupError:
+        pytest.skip("sample_index fixture not available yet")
+
+
+def test_compare_gives_four_modes_with_cited_passages(setup, alone, index_path):
+    engine = setup[0]
+    result = engine.compare(QUESTIONS[0], adapter="alpha", index=index_path, k=3)
+    assert list(result) == ["base", "lora", "rag", "lora+rag"]
+    assert [a.mode for a in result.values()] == ["base", "lora", "rag", "lora+rag"]
+    assert [a.adapter for a in result.values()] == [None, "alpha@v1", None, "alpha@v1"]
+    assert result["base"].text == alone[(QUESTIONS[0], None)]
+    assert result["lora"].text == alone[(QUESTIONS[0], "alpha")]
+    for mode in ("rag", "lora+rag"):
+        a = result[mode]
+        assert len(a.passages) == 3 and a.timings["prompt_tokens"] > result["base"].timings["prompt_tokens"]
+        assert all(c.valid == (1 <= c.number <= 3) and (c.passage is not None) == c.valid for c in a.citations)
+    alone_rag = engine.answer(QUESTIONS[0], adapter="alpha", retrieval=True, index=index_path, k=3)
+    assert alone_rag.text == result["lora+rag"].text and alone_rag.mode == "lora+rag"
+
+
+def test_stream_yields_deltas_then_the_answer(setup, alone):
+    engine = setup[0]
+    items = list(engine.stream(QUESTIONS[2], adapter="beta"))
+    final = items[-1]
+    deltas = items[:-1]
+    assert deltas and all(isinstance(x, str) for x in deltas)
+    assert final.text == alone[(QUESTIONS[2], "beta")] and final.adapter == "beta@v1"
+    assert "".join(deltas).strip() == final.text
+
+
+def test_threads_never_see_each_others_adapter(setup, alone):
+    engine = setup[0]
+    errors: list[str] = []
+
+    def worker(adapter, q):
+        for _ in range(3):
+            a = engine.answer(q, adapter=adapter)
+            if a.text != alone[(q, adapter)] or a.adapter != (f"{adapter}@v1" if adapter else None):
+                errors.append(f"{adapter}: {a.text!r}")
+
+    threads = [threading.Thread(target=worker, args=(a, QUESTIONS[i % 3]))
+               for i, a in enumerate((None, "alpha", "beta", "alpha", None, "beta"))]
+    streamed = []
+    threads.append(threading.Thread(target=lambda: streamed.append(list(engine.stream(QUESTIONS[0], "alpha"))[-1])))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert streamed[0].text == alone[(QUESTIONS[0], "alpha")]
+
+
+def test_new_version_is_picked_up_without_reloading_the_base(setup, alone):
+    engine, base, root, d = setup
+    registry.install(make_adapter(base, d / "staging-beta2", seed=9), "beta", card_for(base), root)
+    model = engine.model
+    a = engine.answer(QUESTIONS[0], adapter="beta")
+    assert a.adapter == "beta@v2" and a.text != alone[(QUESTIONS[0], "beta")]
+    assert engine.model is model and engine.answer(QUESTIONS[0], adapter="alpha").text == alone[(QUESTIONS[0], "alpha")]
+    assert engine.answer(QUESTIONS[0]).text == alone[(QUESTIONS[0], None)]
+
+
+def test_adapter_folder_path_and_wrong_base_refused(setup, tiny_model_dir):
+    engine, base, root, d = setup
+    other = d / "other-base"
+    other.mkdir(exist_ok=True)
+    staging = make_adapter(base, d / "staging-wrong", seed=3)
+    registry.install(staging, "wrong", card_for(base, base_model={"name": "HuggingFaceTB/SmolLM2-360M", "sha256": ""}),
+                     root)
+    with pytest.raises(ValueError) as exc:
+        engine.answer(QUESTIONS[0], adapter="wrong")
+    assert "HuggingFaceTB/SmolLM2-360M" in str(exc.value) and "loracle-test/tiny-llama" in str(exc.value)
+    with pytest.raises(FileNotFoundError, match="no adapter 'missing'"):
+        engine.answer(QUESTIONS[0], adapter="missing")
+    name = engine.load_adapter(str(root / "alpha"))  # a folder path works too
+    assert name == "alpha"
+
+
+def test_empty_question_is_refused(setup):
+    with pytest.raises(ValueError, match="empty question"):
+        setup[0].answer("   ")
+
+
+def test_cli_ask_json_and_stream(setup, monkeypatch, capsys):
+    import json
+
+    from app.cli import main
+
+    engine, base, root, d = setup
+    monkeypatch.setenv("LORACLE_ADAPTERS", str(root))
+    assert main(["ask", QUESTIONS[0], "--adapter", "alpha", "--base-model", str(base), "--json",
+                 "--max-new-tokens", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "lora" and out["adapter"] == "alpha@v1" and out["sources"] == []
+    assert out["text"] == engine.answer(QUESTIONS[0], adapter="alpha").text
+    assert main(["ask", QUESTIONS[0], "--base-model", str(base), "--stream", "--max-new-tokens", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(engine.answer(QUESTIONS[0]).text) and "[base ·" in printed
+    assert main(["ask", QUESTIONS[0], "--adapter", "nope", "--base-model", str(base)]) == 2
+    assert "no adapter 'nope'" in capsys.readouterr().err

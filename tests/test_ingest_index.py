@@ -1,0 +1,202 @@
+"""The full pipeline with real files, the real MiniLM embedder and real FAISS: incremental ingest,
+remove, reopen, bad input, locking, atomic/consistent on-disk state."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ingest.config import ChunkConfig, IngestConfig
+from ingest.index import Index, IndexLockedError, list_indexes, remove_index
+from ingest.pipeline import ensure_default_index, ingest_paths, remove
+from tests.test_ingest_load import make_docx, make_pdf
+
+MIXED = ["pubmed-17089900.txt", "pubmed-9854965.md", "pubmed-23386371.html", "pubmed-17220021.pdf"]
+MEDQUAD_XML = "medquad-GARD-0000989.xml"
+
+
+@pytest.fixture()
+def docs(tmp_path, shared_data) -> Path:
+    """A folder with one file of every supported format (txt, md, html, pdf from sample/docs,
+    MedQuAD xml, and a DOCX made here)."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    for name in MIXED:
+        shutil.copy(shared_data / "sample" / "docs" / name, d)
+    shutil.copy(shared_data / "sample" / "medquad" / "docs" / MEDQUAD_XML, d)
+    make_docx(d / "aspirin.docx")
+    return d
+
+
+def search_docs(index: Index, query: str, k: int = 3) -> list[str]:
+    from ingest.embed import get_embedder
+
+    _, ids = index.search(get_embedder(index.embedder).encode([query]), k)
+    return [c.doc_id for c in index.get_chunks(ids[0]) if c]
+
+
+def file_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+def test_incremental_lifecycle(docs, tmp_path):
+    target = tmp_path / "ix"
+    first = ingest_paths([docs], index=target)
+    assert sorted(first.added) == sorted([Path(n).stem for n in MIXED] + ["medquad-GARD-0000989", "aspirin"])
+    assert first.rejected == [] and first.chunks_added >= 6
+
+    ix = Index.open(target)
+    manifest = ix.manifest
+    assert manifest["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384, "normalized": True}
+    assert manifest["counts"] == {"documents": 6, "chunks": first.chunks_added} and len(ix) == first.chunks_added
+    assert {d["doc_id"]: len(d["sha256"]) for d in manifest["documents"]}["aspirin"] == 64
+    before = {c.chunk_id: i for i, c in ix.iter_chunks()}
+    ix.close()
+    on_disk = file_bytes(target)
+
+    again = ingest_paths([docs], index=target)  # unchanged: no parse, no embedding, no write
+    assert again.added == [] and again.chunks_added == 0 and sorted(again.skipped) == sorted(first.added)
+    assert file_bytes(target) == on_disk
+
+    txt = docs / "pubmed-17089900.txt"
+    txt.write_text(txt.read_text() + "\n\nADDENDUM: Zoledronic acid relieved the bone pain of Paget disease.\n")
+    changed = ingest_paths([docs], index=target)
+    assert changed.added == ["pubmed-17089900"] and changed.replaced == ["pubmed-17089900"]
+    ix = Index.open(target)
+    after = {c.chunk_id: i for i, c in ix.iter_chunks()}
+    untouched = {k: v for k, v in before.items() if not k.startswith("pubmed-17089900#")}
+    assert {k: after[k] for k in untouched} == untouched  # other documents' chunks kept their ids
+    assert all(after[k] not in before.values() for k in after if k.startswith("pubmed-17089900#"))
+    assert len(ix) == len(after) and ix.manifest["generation"] == 2
+    assert search_docs(ix, "zoledronic acid relieved bone pain of Paget disease")[0] == "pubmed-17089900"
+    ix.close()
+
+    removed = remove(["pubmed-17220021", "no-such-doc"], index=target)
+    assert removed.removed == ["pubmed-17220021"] and removed.rejected[0][0] == "no-such-doc"
+
+    reopened = Index.open(target)  # from disk, in a fresh object
+    assert [d["doc_id"] for d in reopened.documents()] == sorted(
+        ["aspirin", "medquad-GARD-0000989", "pubmed-17089900", "pubmed-23386371", "pubmed-9854965"])
+    assert len(reopened) == sum(d["chunks"] for d in reopened.documents())
+    assert "pubmed-17220021" not in search_docs(reopened, "Group B streptococcus carriage in pregnant women", k=10)
+    assert search_docs(reopened, "symptoms of anterior polar cataract")[0] == "medquad-GARD-0000989"
+    assert search_docs(reopened, "aspirin for tension headache relief")[0] == "aspirin"
+    hit = reopened.get_chunks(reopened.search(reopened_vec(reopened, "aspirin relief placebo"), 1)[1][0])[0]
+    assert hit.metadata["title"] == "Aspirin and headache" and hit.metadata["source"].endswith("aspirin.docx")
+    reopened.close()
+
+
+def reopened_vec(index: Index, text: str):
+    from ingest.embed import get_embedder
+
+    return get_embedder(index.embedder).encode([text])
+
+
+def test_bad_input_is_rejected_and_the_rest_ingested(docs, tmp_path):
+    target = tmp_path / "ix"
+    ingest_paths([docs / "pubmed-9854965.md"], index=target)
+    on_disk = file_bytes(target)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.txt").write_bytes(b"")
+    (bad / "corrupt.pdf").write_bytes(b"%PDF-1.7\n1 0 obj garbage")
+    (bad / "binary.txt").write_bytes(bytes(range(256)) * 16)
+    (bad / "slides.pptx").write_bytes(b"PK\x03\x04whatever")
+
+    report = ingest_paths([bad], index=target)  # only bad files: the index is not touched at all
+    reasons = {Path(p).name: r for p, r in report.rejected}
+    assert set(reasons) == {"empty.txt", "corrupt.pdf", "binary.txt", "slides.pptx"}
+    assert reasons["empty.txt"] == "empty file" and reasons["corrupt.pdf"].startswith("corrupt PDF")
+    assert reasons["binary.txt"].startswith("binary content") and "unsupported file type '.pptx'" in reasons["slides.pptx"]
+    assert all("\n" not in r for r in reasons.values())
+    assert file_bytes(target) == on_disk
+
+    shutil.copy(docs / "pubmed-23386371.html", bad)
+    mixed = ingest_paths([bad, tmp_path / "missing.txt"], index=target)
+    assert mixed.added == ["pubmed-23386371"] and len(mixed.rejected) == 5
+    assert ("%s" % (tmp_path / "missing.txt"), "file not found") in mixed.rejected
+    ix = Index.open(target)
+    assert [d["doc_id"] for d in ix.documents()] == ["pubmed-23386371", "pubmed-9854965"]
+    ix.close()
+
+
+def test_second_writer_is_refused_and_failed_writes_roll_back(docs, tmp_path):
+    target = tmp_path / "ix"
+    ingest_paths([docs / "pubmed-9854965.md"], index=target)
+    ix = Index.open(target)
+    on_disk = file_bytes(target)
+    with ix.writer():
+        with pytest.raises(IndexLockedError, match="being written by another process"):
+            ingest_paths([docs / "pubmed-17089900.txt"], index=target)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ix.writer() as w:
+            w.remove("pubmed-9854965")
+            raise RuntimeError("boom")
+    assert file_bytes(target) == on_disk and len(ix) > 0 and ix.document("pubmed-9854965")
+    ix.close()
+
+
+def test_faiss_file_out_of_step_is_rebuilt_from_the_store(docs, tmp_path):
+    target = tmp_path / "ix"
+    ingest_paths([docs / "pubmed-9854965.md", docs / "pubmed-17089900.txt"], index=target)
+    (target / "index.faiss").unlink()  # as after a crash between the store commit and the FAISS write
+    ix = Index.open(target)
+    assert len(ix) == ix.manifest["counts"]["chunks"]
+    assert search_docs(ix, "motor neuron disease dementia and aphasia")[0] == "pubmed-9854965"
+    ix.close()
+
+
+def test_embedder_and_settings_are_checked(docs, tmp_path):
+    target = tmp_path / "ix"
+    cfg = IngestConfig(chunk=ChunkConfig(size=400, overlap=40))
+    first = ingest_paths([docs / "pubmed-9854965.md"], index=target, config=cfg)
+    with pytest.raises(ValueError, match="built with embedder 'all-MiniLM-L6-v2'.*--embedder all-MiniLM-L6-v2"):
+        Index.open(target, embedder="BAAI/bge-small-en-v1.5")
+    with pytest.raises(ValueError, match="built with embedder 'all-MiniLM-L6-v2'"):
+        ingest_paths([docs / "pubmed-17089900.txt"], index=target, config=IngestConfig(embedder="other-model"))
+    # config=None keeps the index's own chunker; a new chunker re-chunks unchanged files
+    assert ingest_paths([docs / "pubmed-9854965.md"], index=target).skipped == ["pubmed-9854965"]
+    rechunked = ingest_paths([docs / "pubmed-9854965.md"], index=target, config=IngestConfig())
+    assert rechunked.replaced == ["pubmed-9854965"] and rechunked.chunks_added < first.chunks_added
+
+
+def test_named_indexes_jsonl_corpus_and_default_index(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
+    monkeypatch.setenv("LORACLE_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "home" / "data" / "pubmedqa" / "corpus.jsonl"
+    corpus.parent.mkdir(parents=True)
+    shutil.copy(shared_data / "sample" / "corpus.jsonl", corpus)
+    seen = []
+    path = ensure_default_index(progress=lambda done, total, name: seen.append((done, total)))
+    assert path == tmp_path / "indexes" / "pubmedqa" and list_indexes() == ["pubmedqa"]
+    assert seen[-1] == (20, 20)
+    ix = Index.open("pubmedqa")
+    assert ix.manifest["counts"]["documents"] == 20 and 20 <= len(ix) <= 60
+    assert ix.document("pubmed-9854965")["metadata"]["year"] == 1998
+    mtime = (path / "manifest.json").stat().st_mtime_ns
+    ix.close()
+    assert ensure_default_index() == path and (path / "manifest.json").stat().st_mtime_ns == mtime
+    remove_index("pubmedqa")
+    assert list_indexes() == []
+    with pytest.raises(ValueError, match="index name"):
+        Index.open("bad name!")
+    json.loads((tmp_path / "home" / "data" / "pubmedqa" / "corpus.jsonl").read_text().splitlines()[0])
+
+
+def test_crash_after_store_commit_is_repaired_on_open(docs, tmp_path):
+    """Simulate a crash after the SQLite commit but before the FAISS + manifest writes."""
+    target = tmp_path / "ix"
+    ingest_paths([docs / "pubmed-9854965.md"], index=target)
+    old_manifest = (target / "manifest.json").read_bytes()
+    old_faiss = (target / "index.faiss").read_bytes()
+    ingest_paths([docs / "pubmed-17089900.txt"], index=target)
+    (target / "manifest.json").write_bytes(old_manifest)
+    (target / "index.faiss").write_bytes(old_faiss)
+    ix = Index.open(target)
+    assert [d["doc_id"] for d in ix.manifest["documents"]] == ["pubmed-17089900", "pubmed-9854965"]
+    assert len(ix) == ix.manifest["counts"]["chunks"] == sum(d["chunks"] for d in ix.documents())
+    assert json.loads((target / "manifest.json").read_text())["counts"] == ix.manifest["counts"]
+    ix.close()
+    assert ingest_paths([docs], index=target).added  # and writing on top of it works

@@ -1,0 +1,155 @@
+"""Adapter registry on real PEFT folders built on the tiny model: install, versions, refusals, evals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from app import registry
+from tests.tiny_adapter import card_for, make_adapter
+
+
+@pytest.fixture(scope="module")
+def peft_folder(tiny_model_dir, tmp_path_factory):
+    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("peft") / "a", seed=1)
+
+
+def staged(peft_folder, tmp_path, tag="s"):
+    dst = tmp_path / f"staging-{tag}"
+    shutil.copytree(peft_folder, dst)
+    return dst
+
+
+def test_install_list_get_and_load_with_peft(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    info = registry.install(staged(peft_folder, tmp_path), "med", card_for(tiny_model_dir), root)
+    assert (info.name, info.version, info.label) == ("med", 1, "med@v1")
+    assert info.base_model == "loracle-test/tiny-llama" and info.card["parent"] is None
+    assert {"adapter_config.json", "adapter_model.safetensors", "card.json", "README.md"} <= {
+        p.name for p in info.path.iterdir()}
+    card = json.loads((info.path / "card.json").read_text())
+    for key in ("name", "version", "base_model", "training_data", "hyperparameters", "loss_curve", "evals",
+                "parent", "created", "reproduce"):
+        assert key in card
+    assert "# med v1" in (info.path / "README.md").read_text()
+    assert [a.label for a in registry.list_adapters(root)] == ["med@v1"]
+    assert registry.get("med", root).path == root / "med"
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(root / "med"))
+    assert "default" in model.peft_config
+
+
+def test_second_install_bumps_version_and_keeps_lineage(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path, "1"), "med", card_for(tiny_model_dir), root)
+    registry.record_eval("med", {"lora": {"accuracy": 0.5}}, root)
+    v2 = registry.install(staged(peft_folder, tmp_path, "2"), "med", card_for(tiny_model_dir), root)
+    v3 = registry.install(staged(peft_folder, tmp_path, "3"), "med", card_for(tiny_model_dir), root)
+    assert v2.version == 2 and v3.version == 3
+    assert v3.card["parent"] == {"name": "med", "version": 2}
+    assert v3.card["evals"] == {"v1": {"lora": {"accuracy": 0.5}}}  # evidence of earlier versions kept
+    lineage = registry.versions("med", root)
+    assert [a.version for a in lineage] == [1, 2, 3]
+    assert registry.get("med", root, version=1).card["evals"]["v1"]["lora"]["accuracy"] == 0.5
+    assert (root / "med" / "versions" / "v1" / "adapter_model.safetensors").exists()
+    assert [a.label for a in registry.list_adapters(root)] == ["med@v3"]
+    assert not (tmp_path / "staging-3").exists()  # the staging folder is consumed
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_record_eval_stores_evidence_per_version(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path), "med", card_for(tiny_model_dir), root)
+    info = registry.record_eval("med", {"base": {"accuracy": 0.3}, "lora+rag": {"accuracy": 0.6}}, root)
+    assert info.card["evals"]["v1"]["lora+rag"]["accuracy"] == 0.6
+    assert "lora+rag" in (root / "med" / "README.md").read_text()
+
+
+def test_pickle_only_adapter_is_refused(peft_folder, tiny_model_dir, tmp_path):
+    folder = staged(peft_folder, tmp_path)
+    os.rename(folder / "adapter_model.safetensors", folder / "adapter_model.bin")
+    with pytest.raises(ValueError, match="pickle weights.*adapter_model.bin.*safetensors"):
+        registry.install(folder, "med", card_for(tiny_model_dir), tmp_path / "adapters")
+    assert registry.list_adapters(tmp_path / "adapters") == []
+
+
+def test_malformed_files_are_reported_clearly(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path, "1"), "good", card_for(tiny_model_dir), root)
+    registry.install(staged(peft_folder, tmp_path, "2"), "badcfg", card_for(tiny_model_dir), root)
+    registry.install(staged(peft_folder, tmp_path, "3"), "badcard", card_for(tiny_model_dir), root)
+    (root / "badcfg" / "adapter_config.json").write_text("{not json")
+    (root / "badcard" / "card.json").write_text("[1, 2]")
+    good, bad = registry.scan(root)
+    assert [a.name for a in good] == ["good"]
+    reasons = dict((p.name, r) for p, r in bad)
+    assert "adapter_config.json is not valid JSON" in reasons["badcfg"]
+    assert "card.json must hold a JSON object" in reasons["badcard"]
+    with pytest.raises(ValueError, match="not valid JSON"):
+        registry.get("badcfg", root)
+    truncated = staged(peft_folder, tmp_path, "4")
+    (truncated / "adapter_model.safetensors").write_bytes(b"\x05\x00")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        registry.install(truncated, "trunc", card_for(tiny_model_dir), root)
+    with pytest.raises(ValueError, match="base_model"):
+        registry.install(staged(peft_folder, tmp_path, "5"), "nobase", {}, root)
+    with pytest.raises(ValueError, match="invalid adapter name"):
+        registry.install(staged(peft_folder, tmp_path, "6"), "../evil", card_for(tiny_model_dir), root)
+
+
+def test_wrong_base_model_is_refused_naming_both(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    info = registry.install(staged(peft_folder, tmp_path), "med", card_for(tiny_model_dir), root)
+    with pytest.raises(ValueError) as exc:
+        registry.check_compatible(info, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert "loracle-test/tiny-llama" in str(exc.value) and "HuggingFaceTB/SmolLM2-135M-Instruct" in str(exc.value)
+    registry.check_compatible(info, "loracle-test/tiny-llama")
+    other = card_for(tiny_model_dir, base_model={"name": "other/model", "sha256": ""})
+    with pytest.raises(ValueError, match="loracle-test/tiny-llama.*other/model"):
+        registry.install(staged(peft_folder, tmp_path, "2"), "med", other, root)
+
+
+def test_half_written_install_is_never_listed_and_interrupted_swap_is_repaired(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path), "med", card_for(tiny_model_dir), root)
+    half = root / ".staging-new.abc"
+    half.mkdir()
+    (half / "adapter_config.json").write_text("{")
+    assert [a.name for a in registry.list_adapters(root)] == ["med"]
+    os.replace(root / "med", root / ".trash-med.999")  # crash between the two renames of an upgrade
+    assert registry.get("med", root).version == 1
+
+
+def test_remove(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path), "med", card_for(tiny_model_dir), root)
+    registry.remove("med", root)
+    assert registry.list_adapters(root) == [] and not (root / "med").exists()
+    with pytest.raises(FileNotFoundError, match="no adapter 'med'"):
+        registry.remove("med", root)
+
+
+def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, capsys):
+    import json as _json
+
+    from app.cli import main
+
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path, "1"), "med", card_for(tiny_model_dir), root)
+    registry.install(staged(peft_folder, tmp_path, "2"), "med", card_for(tiny_model_dir), root)
+    (root / "broken").mkdir()
+    (root / "broken" / "adapter_model.bin").write_bytes(b"x")
+    assert main(["adapters", "list", "--root", str(root)]) == 0
+    out = capsys.readouterr()
+    assert "med@v2" in out.out and "INVALID broken" in out.err and "pickle" in out.err
+    assert main(["adapters", "show", "med", "--root", str(root), "--json"]) == 0
+    shown = _json.loads(capsys.readouterr().out)
+    assert shown["lineage"] == ["med@v1", "med@v2"] and shown["card"]["parent"]["version"] == 1
+    assert main(["adapters", "remove", "med", "--yes", "--root", str(root)]) == 0
+    assert not (root / "med").exists()
+    assert main(["adapters", "show", "med", "--root", str(root)]) == 2

@@ -1,0 +1,143 @@
+"""LoRA training on the tiny model: loss mask, loss goes down, loadable adapter, card, RAFT prompts, atomicity."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from app import prompts, registry
+from app.train import IGNORE, TrainConfig, build_examples, encode, evaluate_loss, load_items, plan_passages, train
+from tests.tiny import TINY_NAME
+
+
+@pytest.fixture()
+def qa_file(tmp_path, shared_data):
+    """The 10 PubMedQA sample items (real data), written to a tmp JSONL file."""
+    path = tmp_path / "qa.jsonl"
+    path.write_text((shared_data / "sample" / "dev.jsonl").read_text())
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _config(qa_file, tiny_model_dir, tmp_path, **kw):
+    base = dict(data=str(qa_file), name="tiny-med", base_model=str(tiny_model_dir), epochs=6, lr=1e-2, rank=4,
+                alpha=8, dropout=0.0, max_len=256, grad_accum=2, val_fraction=0.2, evals=1,
+                adapters_dir=str(tmp_path / "adapters"), threads=None)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_mask_covers_only_the_answer_tokens(tokenizer, qa_file):
+    item = load_items(qa_file)[0]
+    ex = encode(tokenizer, item, [], None, max_len=512)
+    prompt = prompts.render(tokenizer, prompts.build_messages(item["question"]))
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    assert ex.input_ids[:n_prompt] == tokenizer(prompt)["input_ids"]  # exactly the engine's prompt
+    assert ex.labels[:n_prompt] == [IGNORE] * n_prompt
+    answer = ex.labels[n_prompt:]
+    assert IGNORE not in answer and answer == ex.input_ids[n_prompt:]
+    assert answer[-1] == tokenizer.eos_token_id
+    target = prompts.format_target(item["final_decision"], item["long_answer"])
+    assert tokenizer.decode(answer[:-1]) == target
+
+
+def test_training_lowers_loss_and_installs_a_loadable_adapter_with_its_card(qa_file, tiny_model_dir, tmp_path,
+                                                                            tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from app.models import sha256_file
+
+    cfg = _config(qa_file, tiny_model_dir, tmp_path)
+    examples = build_examples(load_items(qa_file), tokenizer, cfg)
+    before = evaluate_loss(AutoModelForCausalLM.from_pretrained(tiny_model_dir), examples)
+    steps = []
+    info = train(cfg, progress=lambda step, total, loss: steps.append((step, total, loss)))
+    assert steps and steps[-1][0] == steps[-1][1]
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(info.path))
+    assert evaluate_loss(model, examples) < before - 0.5
+    names = {p.name for p in info.path.iterdir() if p.is_file()}
+    assert "adapter_model.safetensors" in names and "adapter_config.json" in names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+
+    card = json.loads((info.path / "card.json").read_text())
+    assert card["base_model"]["name"] == TINY_NAME and card["base_model"]["sha256"]
+    assert card["training_data"]["sha256"] == sha256_file(qa_file)
+    assert card["training_data"]["train"] == 8 and card["training_data"]["val"] == 2
+    assert card["hyperparameters"]["rank"] == 4 and card["hyperparameters"]["target_modules"]
+    assert len(card["loss_curve"]) == len(steps) and len(card["val_loss_curve"]) >= 2
+    assert card["training_time_s"] > 0 and card["parent"] is None and card["version"] == 1
+    assert card["reproduce"].startswith("loracle train --data ") and "--rank 4" in card["reproduce"]
+    assert [a.name for a in registry.list_adapters(cfg.adapters_dir)] == ["tiny-med"]
+
+    again = train(replace(cfg, epochs=1, parent="tiny-med"))
+    assert again.version == 2 and again.card["parent"] == {"name": "tiny-med", "version": 1}
+
+
+def test_retrieval_aware_prompts_carry_the_gold_passage_in_the_set_fraction(qa_file, tokenizer, sample_index):
+    from app.retrieve import Retriever
+
+    items = load_items(qa_file)
+    found = Retriever(sample_index).search_many([it["question"] for it in items], k=12)
+    assert all(any(p.doc_id == it["context_doc_id"] for p in ps) for it, ps in zip(items, found))
+    many = [dict(it, id=f"{it['id']}-{n}") for n in range(30) for it in items]  # 300 items, seeded plan
+    cfg = TrainConfig(data="", name="x", retrieval_aware=True, gold_fraction=0.6, no_passage_fraction=0.25, k=3)
+    plan = plan_passages(many, found * 30, cfg)
+    assert plan == plan_passages(many, found * 30, cfg)
+    with_passages = [(ps, gold) for ps, gold in plan if ps]
+    assert abs(1 - len(with_passages) / len(plan) - 0.25) < 0.07
+    assert abs(sum(1 for _, g in with_passages if g) / len(with_passages) - 0.6) < 0.08
+    assert all(len(ps) == 3 for ps, _ in with_passages)
+    for it, (ps, gold) in zip(many, plan):
+        golds = [i + 1 for i, p in enumerate(ps) if p.doc_id == it["context_doc_id"]]
+        assert golds == ([gold] if gold else [])
+
+    ex = build_examples(many[:40], tokenizer, cfg, (found * 4))
+    for it, e, (ps, gold) in zip(many, ex, plan):
+        text = tokenizer.decode(e.input_ids)
+        answer = tokenizer.decode([t for t in e.labels if t != IGNORE])
+        if gold:
+            assert f"[{gold}] ({it['context_doc_id']}" in text and answer.rstrip().endswith(f"[{gold}]<|im_end|>")
+        elif not ps:
+            assert "Passages:" not in text and "[" not in answer
+
+
+def test_retrieval_aware_training_searches_the_index(qa_file, tiny_model_dir, tmp_path, sample_index):
+    cfg = _config(qa_file, tiny_model_dir, tmp_path, epochs=1, retrieval_aware=True, index=str(sample_index),
+                  gold_fraction=1.0, no_passage_fraction=0.0, k=2, passage_chars=200)
+    info = train(cfg)
+    assert info.card["retrieval"] == {"examples_with_passages": 8, "examples_with_gold": 8}
+    assert "--retrieval-aware" in info.card["reproduce"]
+
+
+def test_interrupted_training_leaves_the_registry_untouched(qa_file, tiny_model_dir, tmp_path):
+    cfg = _config(qa_file, tiny_model_dir, tmp_path)
+
+    def stop(step, total, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=stop)
+    root = tmp_path / "adapters"
+    assert registry.list_adapters(root) == []
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_cli_train_installs_the_adapter(qa_file, tiny_model_dir, tmp_path, capsys):
+    from app.cli import main
+
+    root = tmp_path / "cli-adapters"
+    rc = main(["train", "--data", str(qa_file), "--name", "cli-med", "--base-model", str(tiny_model_dir),
+               "--epochs", "0.5", "--rank", "2", "--max-len", "128", "--adapters-dir", str(root)])
+    assert rc == 0 and "installed cli-med@v1" in capsys.readouterr().out
+    assert registry.get("cli-med", root).card["hyperparameters"]["max_len"] == 128
+    assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--name", "x", "--adapters-dir", str(root)]) == 2

@@ -1,0 +1,122 @@
+"""Background jobs, the feedback log, UI settings and the `loracle ui` command: no Streamlit, no model."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from app import feedback
+from app.jobs import JobRunner, runner
+from app.types import Answer, Citation, Passage
+from app.ui.settings import load_settings, save_settings
+from ingest.types import Chunk
+
+
+def test_job_reports_progress_and_result_readable_from_another_thread():
+    jobs = JobRunner()
+    gate = threading.Event()
+
+    def work(report):
+        report.steps(1, 4, "one", step=1, loss=2.0)
+        gate.wait(5)
+        report.steps(4, 4, "done", step=4, loss=1.0)
+        return "finished"
+
+    job = jobs.submit("train", "demo", work)
+    for _ in range(100):  # progress is visible while the job is still running
+        if jobs.get(job.id).progress == 0.25:
+            break
+        threading.Event().wait(0.01)
+    seen = jobs.get(job.id)
+    assert seen.status == "running" and seen.progress == 0.25 and seen.message == "one"
+    assert jobs.active("train") == [seen] and jobs.active("ingest") == []
+    gate.set()
+    done = jobs.wait(job.id, timeout=5)
+    assert (done.status, done.result, done.progress) == ("done", "finished", 1.0)
+    assert [m["loss"] for m in done.metrics] == [2.0, 1.0] and done.elapsed_s >= 0
+    assert jobs.active() == []
+
+
+def test_failed_job_keeps_a_readable_error_and_the_runner_survives():
+    jobs = JobRunner()
+
+    def bad(report):
+        raise ValueError("index 'x' does not exist; create it first")
+
+    job = jobs.wait(jobs.submit("ingest", "bad", bad).id, timeout=5)
+    assert job.status == "failed"
+    assert job.error == "ValueError: index 'x' does not exist; create it first"
+    assert "Traceback" in job.detail
+    assert jobs.wait(jobs.submit("ingest", "ok", lambda r: 1).id, timeout=5).result == 1
+    with pytest.raises(KeyError, match="no job with id 'nope'"):
+        jobs.get("nope")
+
+
+def test_runner_is_one_per_process_and_trims_old_finished_jobs():
+    assert runner() is runner()
+    jobs = JobRunner(max_history=3)
+    for i in range(6):
+        assert jobs.wait(jobs.submit("x", f"j{i}", lambda r: None).id, timeout=5).status == "done"
+    assert len(jobs.list()) <= 4 and jobs.list()[0].title == "j5"
+
+
+def _answer() -> Answer:
+    chunk = Chunk("pubmed-1#0", "pubmed-1", "Aspirin lowers risk.", 0, 20, {"source": "docs/pubmed-1.txt", "location": "p. 1"})
+    p = Passage(chunk, 0.83, 1)
+    return Answer("Yes. Aspirin helps [1].", "lora+rag", "medical-pubmedqa@v2", [p], [Citation(1, True, p)],
+                  {"generation_s": 0.5}, question="Does aspirin help?")
+
+
+def test_feedback_log_stores_question_mode_adapter_passages_and_exports(tmp_path):
+    log = tmp_path / "fb" / "feedback.jsonl"
+    feedback.record(_answer(), "up", "  clear answer ", path=log)
+    feedback.record(_answer(), "down", path=log)
+    entries = feedback.load(log)
+    assert [e["rating"] for e in entries] == ["up", "down"]
+    first = entries[0]
+    assert (first["question"], first["mode"], first["adapter"], first["comment"]) == (
+        "Does aspirin help?", "lora+rag", "medical-pubmedqa@v2", "clear answer")
+    assert first["passages"] == [{"rank": 1, "score": 0.83, "doc_id": "pubmed-1", "chunk_id": "pubmed-1#0",
+                                  "source": "docs/pubmed-1.txt", "location": "p. 1"}]
+    assert first["time"].endswith("Z")
+    assert json.loads(feedback.export_json(entries))[1]["rating"] == "down"
+    csv_text = feedback.export_csv(entries)
+    assert csv_text.splitlines()[0].startswith("id,time,rating,comment,question,mode,adapter")
+    assert "pubmed-1" in csv_text.splitlines()[1]
+    assert feedback.summary(entries) == {"lora+rag": {"up": 1, "down": 1}}
+
+
+def test_feedback_rejects_unknown_rating_and_survives_a_damaged_line(tmp_path):
+    log = tmp_path / "feedback.jsonl"
+    with pytest.raises(ValueError, match="rating must be one of"):
+        feedback.record(_answer(), "meh", path=log)
+    feedback.record(_answer(), "up", path=log)
+    with log.open("a") as fh:
+        fh.write('{"half": ')
+    assert len(feedback.load(log)) == 1
+
+
+def test_feedback_default_path_follows_the_data_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("LORACLE_FEEDBACK", raising=False)
+    monkeypatch.setenv("LORACLE_HOME", str(tmp_path))
+    assert feedback.default_path() == tmp_path / "feedback" / "feedback.jsonl"
+
+
+def test_settings_merge_persist_and_remove(tmp_path):
+    path = tmp_path / "settings.json"
+    assert load_settings(path) == {}
+    save_settings({"default_adapter": "a"}, path)
+    save_settings({"theme": "x"}, path)
+    assert load_settings(path) == {"default_adapter": "a", "theme": "x"}
+    save_settings({"theme": None}, path)
+    assert json.loads(path.read_text()) == {"default_adapter": "a"}
+    path.write_text("{broken")
+    assert load_settings(path) == {}
+
+
+def test_cli_ui_command_is_registered():
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(["ui", "--port", "8600", "--index", "sample"])
+    assert (args.port, args.index, args.func.__name__) == (8600, "sample", "_run_ui")
