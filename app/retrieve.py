@@ -140,3 +140,17 @@ def get_retriever(index: str | Path = "pubmedqa", hybrid: bool = False, reranker
             _CACHE.pop(key, None)
         raise
     return r
+
+
+def rank_documents(passages: list[Passage]) -> list[tuple[str, float]]:
+    """Documents in the order their best passage ranks, each with that passage's score."""
+    seen: dict[str, float] = {}
+    for p in passages:
+        seen.setdefault(p.doc_id, p.score)
+    return list(seen.items())
+
+
+def recall_at(ranked_doc_ids: list[list[str]], gold: list[str], ks=(1, 5, 10)) -> dict[int, float]:
+    """Share of questions whose gold document is among the first k ranked documents."""
+    n = max(1, len(gold))
+    return {k: sum(g in ids[:k] for ids, g in zip(ranked_doc_ids, gold)) / n for k in ks}

@@ -77,7 +77,7 @@ def load_items(path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"training data {path} does not exist; pass --data PATH to a QA JSONL file")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # not splitlines: U+2028 is data
         if not line.strip():
             continue
         try:
@@ -134,19 +134,26 @@ def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: Tra
 
 
 def encode(tokenizer, item: dict, passages: list[Passage], gold: int | None, max_len: int) -> Example:
-    """Prompt in the engine's exact format; labels are IGNORE on the prompt, target tokens + EOS after it."""
-    target = prompts.format_target(item.get("final_decision"), item.get("long_answer") or "",
-                                   cite=[gold] if gold else None)
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """Prompt in the engine's exact format; labels are IGNORE on the prompt, target tokens + EOS after it.
+
+    Too long: passages are shortened first, then the explanation (the decision, the citation and EOS stay).
+    """
+    cite = [gold] if gold else None
+    target_ids = tokenizer(prompts.format_target(item.get("final_decision"), item.get("long_answer") or "", cite=cite),
+                           add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     chars = max((len(p.chunk.text) for p in passages), default=0)
     while True:
         prompt = prompts.render(tokenizer, prompts.build_messages(item["question"], passages or None))
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        if len(prompt_ids) + min(len(target_ids), 32) <= max_len or not passages or chars < 100:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as the engine tokenizes it
+        if len(prompt_ids) + len(target_ids) <= max_len or chars < 100:
             break
-        chars = int(chars * 0.8)  # shorten passages until the prompt leaves room for the answer
+        chars = int(chars * 0.85)
         passages = [_trim(p, chars) for p in passages]
-    target_ids = target_ids[: max(1, max_len - len(prompt_ids))]
+    room = max_len - len(prompt_ids)
+    if len(target_ids) > room:
+        tail = tokenizer(prompts.format_target(None, "", cite=cite), add_special_tokens=False)["input_ids"] if cite else []
+        tail = tail + [tokenizer.eos_token_id]
+        target_ids = target_ids[: max(1, room - len(tail))] + tail
     return Example(str(item.get("id")), prompt_ids + target_ids, [IGNORE] * len(prompt_ids) + target_ids,
                    len(passages), gold)
 

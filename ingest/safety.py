@@ -355,3 +355,46 @@ def clean_question(question: str, limits: SafetyLimits | None = None) -> str:
         raise UnsafeInput(reason)
     text = unicodedata.normalize("NFC", _Q_CONTROL.sub(" ", question))
     return re.sub(r"[ \t]+", " ", re.sub(r"\s*\n\s*", "\n", text)).strip()
+
+
+# --- uploads ---------------------------------------------------------------------------------
+@dataclass
+class StagedUploads:
+    paths: list[Path]  # files written under generated names, checked, ready for ingest_paths
+    shown: dict[str, str]  # stored path -> the name the user uploaded (sanitised; metadata only)
+    rejected: list[tuple[str, str]]  # (uploaded name, one-line reason)
+
+
+def stage_uploads(files, folder: str | os.PathLike, limits: SafetyLimits | None = None) -> StagedUploads:
+    """Write uploaded `(name, bytes)` pairs into `folder` under generated safe names, refusing (with a
+    reason, and without writing) the ones whose name, size or content is not acceptable. The UI calls
+    this, then `ingest.pipeline.ingest_paths(staged.paths, ...)`."""
+    limits = limits or SafetyLimits.from_env()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = StagedUploads([], {}, [])
+    for name, data in files:
+        shown_name = repr(name) if isinstance(name, str) and _NAME_BAD.search(name) else str(name)
+        try:
+            stored, shown = safe_upload_name(name, data, limits)
+        except UnsafeInput as exc:
+            staged.rejected.append((shown_name, str(exc)))
+            continue
+        if len(data) > limits.max_file_bytes:
+            staged.rejected.append((shown, f"'{shown}' is {human_bytes(len(data))}, over the "
+                                    f"{human_bytes(limits.max_file_bytes)} limit; split it or raise the limit "
+                                    f"(IngestConfig.max_file_bytes / LORACLE_MAX_FILE_BYTES)"))
+            continue
+        path = folder / stored
+        if str(path) in staged.shown:
+            staged.rejected.append((shown, f"'{shown}' was uploaded twice with the same content; it is added once"))
+            continue
+        path.write_bytes(data)
+        reason = check_file(path, limits, name=shown)
+        if reason:
+            path.unlink()
+            staged.rejected.append((shown, reason))
+            continue
+        staged.paths.append(path)
+        staged.shown[str(path)] = shown
+    return staged

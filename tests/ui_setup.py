@@ -83,7 +83,7 @@ class StreamlitServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(home), "--server.headless=true",
              f"--server.port={self.port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none"],
+             "--server.fileWatcherType=none", "--client.toolbarMode=viewer"],
             env={**os.environ, **self.env}, stdout=self._out, stderr=subprocess.STDOUT)
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -110,12 +110,17 @@ class StreamlitServer:
 
 def wait_idle(page, timeout_ms: int = 120_000) -> None:
     """Wait until the Streamlit script run has finished (no 'running' status widget)."""
-    page.wait_for_timeout(500)
-    page.get_by_role("img", name="Running...").wait_for(state="hidden", timeout=timeout_ms)
-    page.wait_for_timeout(200)
+    running = page.get_by_test_id("stStatusWidgetRunningIcon")
+    try:
+        running.wait_for(state="attached", timeout=2000)
+    except Exception:  # noqa: BLE001 - the run may already be over
+        pass
+    running.wait_for(state="detached", timeout=timeout_ms)
+    page.wait_for_timeout(300)
 
 
-def screenshot_pages(url: str, out_dir: Path, question: str) -> list[Path]:
+def screenshot_pages(url: str, out_dir: Path, question: str, eval_upload: Path | None = None,
+                     eval_questions: int = 2) -> list[Path]:
     """Drive every page in Chromium and save docs-style PNGs (used for docs/ui-*.png)."""
     from playwright.sync_api import sync_playwright
 
@@ -123,7 +128,8 @@ def screenshot_pages(url: str, out_dir: Path, question: str) -> list[Path]:
     shots = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # Streamlit scrolls inside its main container, so a tall viewport is what captures a whole page
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
         page.goto(f"{url}/Ask")
         wait_idle(page)
         page.get_by_label("Question").fill(question)
@@ -144,11 +150,36 @@ def screenshot_pages(url: str, out_dir: Path, question: str) -> list[Path]:
         shots.append(out_dir / "ui-compare.png")
         page.screenshot(path=str(shots[-1]), full_page=True)
 
-        for name, stem in (("Documents", "ui-documents"), ("Adapters", "ui-adapters"), ("Evaluate", "ui-evaluate")):
+        for name, stem in (("Documents", "ui-documents"), ("Adapters", "ui-adapters")):
             page.goto(f"{url}/{name}")
             wait_idle(page)
             page.wait_for_timeout(1500)
             shots.append(out_dir / f"{stem}.png")
             page.screenshot(path=str(shots[-1]), full_page=True)
+
+        page.goto(f"{url}/Evaluate")
+        wait_idle(page)
+        if eval_upload is not None:
+            page.get_by_text("Upload JSONL").click()
+            page.locator('input[type="file"]').set_input_files(str(eval_upload))
+        limit = page.get_by_label("Questions (0 = all)")
+        limit.fill(str(eval_questions))
+        limit.press("Tab")
+        page.get_by_role("button", name="Run evaluation").click()
+        page.get_by_text("Results per mode").wait_for(timeout=600_000)
+        wait_idle(page)
+        page.wait_for_timeout(1500)
+        shots.append(out_dir / "ui-evaluate.png")
+        page.screenshot(path=str(shots[-1]), full_page=True)
         browser.close()
     return shots
+
+
+if __name__ == "__main__":
+    # python -m tests.ui_setup docs/  : PNGs of every page on the shipped defaults (real model, index, adapter)
+    import sys
+
+    with StreamlitServer({}, log=Path("/tmp/loracle-screenshots.log")) as srv:
+        for shot in screenshot_pages(srv.url, Path(sys.argv[1] if len(sys.argv) > 1 else "docs"),
+                                     "Do statins reduce the risk of dementia in elderly patients?"):
+            print(shot)

@@ -18,21 +18,30 @@ st.caption("Upload files into a retrieval index: PDF, DOCX, HTML, Markdown, text
 
 
 def human_size(n) -> str:
-    if not isinstance(n, (int, float)):
-        return "-"
-    for unit in ("B", "KB", "MB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    return f"{int(n):,} chars" if isinstance(n, (int, float)) else "-"
 
 
-def doc_row(d: dict) -> dict:
+@st.cache_data(max_entries=8, show_spinner=False)
+def text_sizes(index_name: str, stamp: tuple) -> dict[str, int]:
+    """Characters of extracted text per document (the furthest chunk end); cached per index generation."""
+    from ingest.index import Index
+
+    ix = Index.open(index_name)
+    try:
+        sizes: dict[str, int] = {}
+        for _, c in ix.iter_chunks():
+            sizes[c.doc_id] = max(sizes.get(c.doc_id, 0), c.end)
+        return sizes
+    finally:
+        ix.close()
+
+
+def doc_row(d: dict, sizes: dict[str, int]) -> dict:
     meta = d.get("metadata") or {}
-    size = next((meta[k] for k in ("bytes", "size", "file_size", "n_bytes") if k in meta), None)
+    size = next((meta[k] for k in ("bytes", "size", "file_size", "n_bytes") if k in meta), sizes.get(d.get("doc_id")))
     return {"doc_id": d.get("doc_id"), "title": d.get("title"), "format": d.get("format"), "chunks": d.get("chunks", 0),
-            "size": human_size(size), "added": d.get("added"), "source": d.get("source"),
-            "sha256": str(d.get("sha256") or "")[:12]}
+            "text size": human_size(size), "added": str(d.get("added") or "")[:19].replace("T", " "),
+            "source": d.get("source"), "sha256": str(d.get("sha256") or "")[:12]}
 
 
 with st.expander("Create a new index"):
@@ -120,7 +129,8 @@ with state.friendly_errors("Reading the index"):
     else:
         import pandas as pd
 
-        df = pd.DataFrame([doc_row(d) for d in docs])
+        sizes = text_sizes(index, idx.stamp())
+        df = pd.DataFrame([doc_row(d, sizes) for d in docs])
         st.caption(f"{len(docs)} document(s), {int(df['chunks'].sum())} chunk(s)")
         st.dataframe(df, hide_index=True, width="stretch")
         c1, c2 = st.columns([3, 1])

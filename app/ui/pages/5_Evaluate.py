@@ -127,6 +127,7 @@ if result is not None:
     st.subheader("Per question")
     table = (rows.assign(gold=rows["gold"].fillna("-"), decision=rows["decision"].fillna("-"))
              .pivot_table(index=["id", "gold"], columns="mode", values="decision", aggfunc="first").reset_index())
+    table = table[["id", "gold"] + [m for m in MODES if m in table.columns]]
     st.dataframe(table, hide_index=True, width="stretch")
     ids = list(dict.fromkeys(rows["id"]))
     qid = st.selectbox("Drill down into a question", ids, key="eval_drill")
@@ -136,7 +137,7 @@ if result is not None:
     grid = st.columns(2)
     for i, (_, r) in enumerate(picked.iterrows()):
         with grid[i % 2].container(border=True):
-            ok = {True: "✅ correct", False: "❌ wrong"}.get(r["correct"], "")
+            ok = {True: "· correct", False: "· wrong"}.get(r["correct"], "")
             st.markdown(f"**{r['mode']}** · decision {r['decision'] or '-'} {ok}")
             st.markdown(r["answer"] or "_(empty)_")
             hit = {True: "gold retrieved", False: "gold missed"}.get(r["retrieval_hit"], "")

@@ -1,0 +1,56 @@
+"""`loracle ingest | index | search`, run in-process through app.cli.main."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from app.cli import main
+
+
+def test_ingest_index_and_remove_commands(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("pubmed-9854965.md", "pubmed-18955431.txt"):
+        shutil.copy(shared_data / "sample" / "docs" / name, docs)
+    (docs / "notes.xyz").write_text("unsupported")
+
+    assert main(["ingest", str(docs), "--index", "mine", "--chunk-size", "600", "--chunk-overlap", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "added 2" in out and "rejected 1" in out and "unsupported file type '.xyz'" in out
+    assert main(["ingest", str(docs), "--index", "mine", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report["skipped"]) == ["pubmed-18955431", "pubmed-9854965"] and report["added"] == []
+
+    assert main(["index", "list"]) == 0
+    assert "mine" in capsys.readouterr().out
+    assert main(["index", "show", "mine", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["chunker"]["size"] == 600 and len(shown["documents"]) == 2
+
+    assert main(["ingest", "--remove", "pubmed-9854965", "--index", "mine"]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert main(["ingest", str(docs), "--index", "mine", "--embedder", "some/other-model"]) == 2
+    assert "built with embedder 'all-MiniLM-L6-v2'" in capsys.readouterr().err
+    assert main(["index", "remove", "mine"]) == 0
+    assert main(["index", "show", "mine"]) == 2
+    assert "no index" in capsys.readouterr().err
+
+
+def test_search_command(sample_index, shared_data, tmp_path, capsys):
+    assert main(["search", "Does music influence stress in mechanically ventilated patients?",
+                 "--index", str(sample_index), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[1]") and "pubmed-23228527" in out and "PubMed 23228527" in out
+
+    assert main(["search", "treadmill training after stroke", "--index", str(sample_index), "--hybrid", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 5 and hits[0]["doc_id"] == "pubmed-18955431" and hits[0]["source"].endswith(".txt")
+
+    out_file = tmp_path / "runs.jsonl"
+    assert main(["search", "--queries", str(shared_data / "sample" / "dev.jsonl"), "--index", str(sample_index),
+                 "-k", "5", "--out", str(out_file)]) == 0
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(rows) == 10 and all(len(r["doc_ids"]) == len(set(r["doc_ids"])) <= 5 for r in rows)
+    assert "recall@1=" in capsys.readouterr().err
+    assert sum(r["context_doc_id"] in r["doc_ids"] for r in rows) >= 9
