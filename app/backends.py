@@ -40,13 +40,15 @@ class LocalBackend:
                  threads: int | None = None):
         from app.models import load
 
-        if threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(threads)
+        from app.config import default_threads
+
+        torch.set_num_threads(threads or default_threads())
         self.base_model, self.tokenizer, self.info = load(spec, dtype=dtype)
         self.model = self.base_model  # becomes a PeftModel when the first adapter is loaded
         self.repetition_penalty = repetition_penalty
+        self.force_length = False  # benchmarks: every row generates exactly max_new_tokens (eos ignored)
         ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.base_model.generation_config, "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -72,6 +74,7 @@ class LocalBackend:
         from transformers import GenerationConfig
 
         return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                **({"min_new_tokens": max_new_tokens} if self.force_length else {}),
                                 repetition_penalty=self.repetition_penalty,
                                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
@@ -81,11 +84,37 @@ class LocalBackend:
         return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     def generate(self, items: list[GenItem], streamer=None) -> tuple[list[Generation], float]:
-        """One generate() call for all rows (the caller holds the engine lock); returns rows and seconds."""
+        """Rows of similar prompt length run in ONE generate() call (mixed adapters, left padding); rows
+        whose prompts differ a lot in length (a 60-token question beside a 700-token RAG prompt) go in
+        separate calls, since prefill is compute-bound and padding would multiply it. The caller holds
+        the engine lock. Returns rows in input order and the total seconds."""
+        prompts_ = [self.render(i.messages) for i in items]
+        lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts_]
+        rows: list[Generation | None] = [None] * len(items)
+        seconds = 0.0
+        for bucket in self._buckets(lengths):
+            out, took = self._generate_once([items[i] for i in bucket], [prompts_[i] for i in bucket], streamer)
+            seconds += took
+            for i, gen in zip(bucket, out):
+                rows[i] = gen
+        return rows, seconds
+
+    @staticmethod
+    def _buckets(lengths: list[int], max_ratio: float = 2.0, min_gap: int = 128) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        buckets: list[list[int]] = []
+        for i in order:
+            if buckets and (lengths[i] <= max_ratio * lengths[buckets[-1][0]]
+                            or lengths[i] - lengths[buckets[-1][0]] < min_gap):
+                buckets[-1].append(i)
+            else:
+                buckets.append([i])
+        return buckets
+
+    def _generate_once(self, items: list[GenItem], texts: list[str], streamer=None):
         import torch
 
-        enc = self.tokenizer([self.render(i.messages) for i in items], return_tensors="pt", padding=True,
-                             add_special_tokens=False)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         names = [i.adapter for i in items]
         kwargs = dict(enc, generation_config=self._gen_config(max(i.max_new_tokens for i in items)),
                       streamer=streamer)
@@ -97,7 +126,8 @@ class LocalBackend:
                 with self.model.disable_adapter():
                     out = self.model.generate(**kwargs)
             elif len(set(names)) == 1:  # one adapter for all rows: plain LoRA path, no per-row grouping
-                self.model.set_adapter(names[0])
+                if self.model.active_adapter != names[0]:  # set_adapter walks every module: skip if set
+                    self.model.set_adapter(names[0])
                 out = self.model.generate(**kwargs)
             else:
                 out = self.model.generate(**kwargs, adapter_names=[n or BASE_ADAPTER for n in names])

@@ -15,6 +15,10 @@ DEFAULT_INDEX = "pubmedqa"
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
 
+def default_threads() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def adapters_dir() -> Path:
     """Adapter registry root: $LORACLE_ADAPTERS, else <home>/adapters."""
     return Path(os.environ.get("LORACLE_ADAPTERS", home() / "adapters"))
@@ -34,7 +38,10 @@ class EngineConfig:
     template: str | None = None  # None -> "cited" with passages, "plain" without (app.prompts.TEMPLATES)
     repetition_penalty: float = 1.1  # small models loop under pure greedy decoding
     dtype: str = "float32"
-    threads: int | None = None  # torch intra-op threads; None -> torch's default (all cores)
+    # torch intra-op threads; None -> half the cores (at least 1). Decoding a 135M model is a long chain of
+    # tiny ops: with 2 threads on 2 busy shared cores each step waits on the other thread (measured
+    # 0.4-0.6 tokens/s vs 10.5 tokens/s with 1 thread at batch 1; see benchmarks/engine.py).
+    threads: int | None = None
     backend: str = "local"  # "local" (transformers + PEFT) or "openai" (HTTP server, see app.backends)
     server_url: str = "http://127.0.0.1:8000/v1"  # for backend="openai"
     extra: dict = field(default_factory=dict)

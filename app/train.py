@@ -37,6 +37,7 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    layers: int | None = None  # adapt only the last N transformer layers (backward stops there: cheaper)
     max_len: int = 640  # tokens per example (prompt + target); passages are shortened to fit
     grad_accum: int = 8  # examples per optimizer step (micro-batch is one example: no padding waste)
     warmup: float = 0.06  # fraction of optimizer steps
@@ -256,7 +257,7 @@ def command_for(config: TrainConfig) -> str:
     defaults = TrainConfig(data="", name="")
     parts = ["loracle", "train", "--data", str(config.data), "--name", config.name]
     for f in fields(TrainConfig):
-        if f.name in ("data", "name"):
+        if f.name in ("data", "name", "adapters_dir"):
             continue
         value, default = getattr(config, f.name), getattr(defaults, f.name)
         if value == default or (f.name == "target_modules" and tuple(value) == tuple(default)):
@@ -317,8 +318,12 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         model = PeftModel.from_pretrained(model, str(pinfo.path), is_trainable=True)
         parent = {"name": pinfo.name, "version": pinfo.version}
     else:
+        n_layers = model.config.num_hidden_layers
+        if config.layers is not None and not 1 <= config.layers <= n_layers:
+            raise ValueError(f"--layers {config.layers} is out of range: the base model has {n_layers} layers")
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+                          target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+                          layers_to_transform=list(range(n_layers - config.layers, n_layers)) if config.layers else None)
         model = get_peft_model(model, lora)
     result = fit(model, train_ex, val_ex, config, progress)
 
@@ -331,7 +336,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                           "items": len(items), "train": len(train_items), "val": len(val_items)},
         "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
                             if k not in ("data", "name", "adapters_dir")},
-        "retrieval": {"examples_with_passages": len(with_passages),
+        "retrieval": {"index": str(config.index), "k": config.k, "examples_with_passages": len(with_passages),
                       "examples_with_gold": sum(1 for e in train_ex if e.gold)} if config.retrieval_aware else None,
         "loss_curve": [list(p) for p in result.train_curve],
         "val_loss_curve": [list(p) for p in result.val_curve],
@@ -361,6 +366,7 @@ _HELP = {
     "no_passage_fraction": "share of examples with no passages (plain template)",
     "k": "passages per training prompt",
     "limit": "use only the first N items",
+    "layers": "adapt only the last N transformer layers (default: all)",
     "parent": "continue training from this registered adapter",
 }
 
@@ -380,7 +386,7 @@ def add_arguments(parser) -> None:
             parser.add_argument(*names, default=",".join(default), help=f"{help_} (default {','.join(default)})")
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)
-            if f.name in ("limit", "threads"):
+            if f.name in ("limit", "threads", "layers"):
                 kind = int
             parser.add_argument(*names, type=kind, default=default, help=f"{help_} (default {default})")
 

@@ -176,3 +176,36 @@ def test_cli_ask_json_and_stream(setup, monkeypatch, capsys):
     assert printed.startswith(engine.answer(QUESTIONS[0]).text) and "[base ·" in printed
     assert main(["ask", QUESTIONS[0], "--adapter", "nope", "--base-model", str(base)]) == 2
     assert "no adapter 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_default_model_answers_in_all_four_modes(tmp_path):
+    """SmolLM2-135M-Instruct, with the shipped adapter when installed (else a random-init LoRA made on the
+    fly) and the default index when built (else the shipped corpus is indexed by ingest)."""
+    from app.config import DEFAULT_ADAPTER
+    from app.models import resolve
+    from app.retrieve import get_retriever
+
+    info = resolve(None)
+    root = None
+    try:
+        registry.check_compatible(registry.get(DEFAULT_ADAPTER), info.name)
+    except (FileNotFoundError, ValueError):
+        root = tmp_path / "adapters"
+        staging = make_adapter(info.path, tmp_path / "staging", rank=8, std=0.01)
+        registry.install(staging, DEFAULT_ADAPTER, card_for(info.path), root)
+    try:
+        get_retriever("pubmedqa")
+    except FileNotFoundError:
+        from ingest.pipeline import ensure_default_index
+
+        ensure_default_index()
+    engine = Engine(EngineConfig(adapters_dir=str(root) if root else None, max_new_tokens=12, k=2))
+    assert engine.loaded_adapters() == [DEFAULT_ADAPTER]
+    result = engine.compare("Does aspirin reduce the risk of heart attack?")
+    assert [a.mode for a in result.values()] == ["base", "lora", "rag", "lora+rag"]
+    for mode, a in result.items():
+        assert a.text and a.timings["new_tokens"] > 0, mode
+        assert (a.adapter or "").startswith(DEFAULT_ADAPTER) == ("lora" in mode)
+        assert len(a.passages) == (2 if "rag" in mode else 0)
+        assert all(c.passage is not None for c in a.citations if c.valid)

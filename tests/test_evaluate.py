@@ -157,14 +157,14 @@ def test_card_update_under_the_evaluated_version(registry_root, tiny_model_dir):
 
     rows = rows_for("lora", ["Yes.", "No.", "No."])
     summary = summarize(rows, {"modes": ["lora"], "k": 5, "adapter": "med@v1", "n_items": 3})
-    save_to_card(summary, registry_root)
+    save_to_card(summary, root=registry_root)
     card = json.loads((registry_root / "med" / "card.json").read_text())
     assert card["evals"]["v1"]["lora"]["accuracy"] == round(2 / 3, 4)
     assert card["evals"]["v1"]["run"]["adapter"] == "med@v1"
     registry.install(make_adapter(tiny_model_dir, registry_root / "staging2", seed=2), "med",
                      card_for(tiny_model_dir), root=registry_root)
     with pytest.raises(ValueError, match="current version is med@v2"):
-        save_to_card(summary, registry_root)  # v1's numbers never land on v2
+        save_to_card(summary, root=registry_root)  # v1's numbers never land on v2
     kept = json.loads((registry_root / "med" / "card.json").read_text())["evals"]
     assert kept["v1"]["lora"]["accuracy"] == round(2 / 3, 4) and "v2" not in kept
 
@@ -181,25 +181,23 @@ def test_judge_scores_are_finite_probabilities(tiny_model_dir):
         assert isinstance(s, float) and math.isfinite(s) and 0.0 <= s <= 1.0
 
 
-def test_end_to_end_eval_on_the_tiny_engine_writes_everything(request, registry_root, tiny_model_dir, tmp_path,
+def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tiny_model_dir, sample_index, tmp_path,
                                                                monkeypatch, shared_data):
+    # 3 questions, 2 per batch (a full and a partial batch), rows with passages in batches of their own
     from app import registry
     from app.cli import main
 
-    try:
-        index = str(request.getfixturevalue("sample_index"))
-        modes = "base,lora,rag,lora+rag"
-    except pytest.FixtureLookupError:  # the ingestion fixture is not there: evaluate the modes without retrieval
-        index, modes = None, "base,lora"
+    index, modes = str(sample_index), "base,lora,rag,lora+rag"
     monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
     out = tmp_path / "run"
     argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--modes", modes, "--adapter", "med",
-            "-k", "2", "--limit", "2", "--max-new-tokens", "3", "--base-model", str(tiny_model_dir),
+            "-k", "2", "--limit", "3", "--questions-per-batch", "2", "--max-new-tokens", "3", "--base-model", str(tiny_model_dir),
             "--out", str(out), "--save-to-card", "--resamples", "200"]
-    assert main(argv + (["--index", index] if index else [])) == 0
+    assert main(argv + ["--index", index]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     wanted = modes.split(",")
-    assert len(rows) == 2 * len(wanted) and [r["mode"] for r in rows[:len(wanted)]] == wanted
+    assert len(rows) == 3 * len(wanted) and [r["mode"] for r in rows[:len(wanted)]] == wanted
+    assert len({r["id"] for r in rows[:len(wanted)]}) == 1  # question-major order, whatever the batching
     assert all(r["mode_used"] == r["mode"] for r in rows)
     for r in rows:
         assert {"id", "question", "answer", "decision", "gold", "cited_passage_ids", "retrieved_doc_ids",
@@ -207,19 +205,18 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(request, registry_
         assert bool(r["retrieved_doc_ids"]) == r["mode"].endswith("rag")
         assert (r["adapter"] or "").startswith("med@v") == r["mode"].startswith("lora")
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["metrics"]) == wanted and summary["n_items"] == 2
+    assert list(summary["metrics"]) == wanted and summary["n_items"] == 3
     for m in summary["metrics"].values():
         assert 0 <= m["accuracy"] <= 1 and m["latency_mean_s"] > 0 and "macro_f1" in m
-    if index:
-        assert "recall@2" in summary["metrics"]["rag"] and (out / "recall.png").is_file()
+    assert "recall@2" in summary["metrics"]["rag"] and (out / "recall.png").is_file()
     assert (out / "summary.md").read_text().count("\n| ") >= len(wanted)
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "latency.png").is_file()
     info = registry.get("med", registry_root)
-    assert info.card["evals"][f"v{info.version}"]["lora"]["n"] == 2
+    assert info.card["evals"][f"v{info.version}"]["lora"]["n"] == 3
 
 
-def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_model_dir, tmp_path, monkeypatch,
-                                                         shared_data):
+def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_model_dir, sample_index, tmp_path,
+                                                         monkeypatch, shared_data):
     from app import registry
     from app.cli import main
     from tests.tiny_adapter import card_for, make_adapter
@@ -230,11 +227,15 @@ def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_mod
     monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
     out = tmp_path / "cmp"
     assert main(["eval", "--compare", "med@v1", "med", "--data", str(shared_data / "sample" / "dev.jsonl"),
-                 "--modes", "lora", "--limit", "2", "--max-new-tokens", "2", "--base-model", str(tiny_model_dir),
-                 "--out", str(out)]) == 0
+                 "--modes", "lora,lora+rag", "--index", str(sample_index), "-k", "2", "--limit", "2",
+                 "--max-new-tokens", "2", "--base-model", str(tiny_model_dir), "--out", str(out),
+                 "--no-split-by-retrieval"]) == 0
     report = json.loads((out / "compare.json").read_text())
     current = registry.get("med", registry_root).label
     assert (report["old"], report["new"]) == ("med@v1", current)
-    lora = report["modes"]["lora"]
-    assert len(lora["worse"]) + len(lora["better"]) + lora["unchanged"] == 2
+    assert set(report["modes"]) == {"lora", "lora+rag"}
+    for entry in report["modes"].values():
+        assert len(entry["worse"]) + len(entry["better"]) + entry["unchanged"] == 2
+    summary = json.loads(next(out.glob("b-*/summary.json")).read_text())
+    assert summary["split_by_retrieval"] is False and summary["metrics"]["lora+rag"]["n"] == 2
     assert (out / "compare.md").read_text().startswith(f"Regression report: {current} against med@v1")

@@ -54,6 +54,7 @@ def test_eight_clients_one_engine_while_ingesting(tiny_model_dir, shared_data, t
     assert set(summary["per_mode"]) == {"base", "lora", "rag", "lora+rag"}
     assert {"alpha@v1", "beta@v1"} <= set(summary["adapters"])
     assert summary["answers"] >= 40 and summary["streamed"] >= 4
+    assert result.text_checked >= summary["answers"] // 2
     assert result.ingest_calls >= 1 and result.ingested == 2 * result.ingest_calls
     ix = Index.open(index)
     try:

@@ -78,6 +78,7 @@ def test_training_lowers_loss_and_installs_a_loadable_adapter_with_its_card(qa_f
     assert len(card["loss_curve"]) == len(steps) and len(card["val_loss_curve"]) >= 2
     assert card["training_time_s"] > 0 and card["parent"] is None and card["version"] == 1
     assert card["reproduce"].startswith("loracle train --data ") and "--rank 4" in card["reproduce"]
+    assert "--adapters-dir" not in card["reproduce"]
     assert [a.name for a in registry.list_adapters(cfg.adapters_dir)] == ["tiny-med"]
 
     again = train(replace(cfg, epochs=1, parent="tiny-med"))
@@ -117,7 +118,8 @@ def test_retrieval_aware_training_searches_the_index(qa_file, tiny_model_dir, tm
     cfg = _config(qa_file, tiny_model_dir, tmp_path, epochs=1, retrieval_aware=True, index=str(sample_index),
                   gold_fraction=1.0, no_passage_fraction=0.0, k=2, passage_chars=200)
     info = train(cfg)
-    assert info.card["retrieval"] == {"examples_with_passages": 8, "examples_with_gold": 8}
+    assert info.card["retrieval"] == {"index": str(sample_index), "k": 2, "examples_with_passages": 8,
+                                      "examples_with_gold": 8}
     assert "--retrieval-aware" in info.card["reproduce"]
 
 
@@ -140,7 +142,9 @@ def test_cli_train_installs_the_adapter(qa_file, tiny_model_dir, tmp_path, capsy
 
     root = tmp_path / "cli-adapters"
     rc = main(["train", "--data", str(qa_file), "--name", "cli-med", "--base-model", str(tiny_model_dir),
-               "--epochs", "0.5", "--rank", "2", "--max-len", "128", "--adapters-dir", str(root)])
+               "--epochs", "0.5", "--rank", "2", "--max-len", "128", "--layers", "1", "--adapters-dir", str(root)])
     assert rc == 0 and "installed cli-med@v1" in capsys.readouterr().out
+    peft_config = json.loads((root / "cli-med" / "adapter_config.json").read_text())
+    assert peft_config["layers_to_transform"] == [1] and peft_config["r"] == 2  # only the last layer adapted
     assert registry.get("cli-med", root).card["hyperparameters"]["max_len"] == 128
     assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--name", "x", "--adapters-dir", str(root)]) == 2

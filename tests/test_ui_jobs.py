@@ -24,7 +24,7 @@ def test_job_reports_progress_and_result_readable_from_another_thread():
         return "finished"
 
     job = jobs.submit("train", "demo", work)
-    for _ in range(100):  # progress is visible while the job is still running
+    for _ in range(1000):  # progress is visible while the job is still running
         if jobs.get(job.id).progress == 0.25:
             break
         threading.Event().wait(0.01)

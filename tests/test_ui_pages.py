@@ -55,7 +55,7 @@ def ask(at, question: str, adapter: str, retrieval: bool):
 
 def test_home_shows_status_and_links(ui_env):
     at = page("Home.py")
-    assert at.title[0].value.endswith("Loracle")
+    assert at.title[0].value == "Loracle"
     assert [m.value for m in at.metric][1:] == ["1", "1"]  # adapters, indexes
     assert len(at.get("page_link")) == 5
     assert not at.error
@@ -138,6 +138,11 @@ def test_compare_runs_all_four_modes_in_one_batch(ui_env):
     assert {a.timings["batch_size"] for a in answers.values()} == {4}  # one batched pass
     assert len(answers["rag"].passages) == 3 and answers["base"].passages == []
     assert [b.label for b in at.get("download_button")] == ["Save comparison (JSON)"]
+    from app import feedback
+
+    at.button(key="fb_down_cmp1-rag").click()
+    at.run()
+    assert (feedback.load()[-1]["mode"], feedback.load()[-1]["rating"]) == ("rag", "down")
 
 
 def test_documents_upload_lands_in_the_index_and_bad_files_are_listed(ui_env):
@@ -258,3 +263,36 @@ def test_evaluate_bad_upload_is_a_message(ui_env):
     at.run()
     assert at.error and not at.exception
     assert os.environ["LORACLE_INDEX"] == INDEX
+
+
+def test_empty_index_and_foreign_adapter_are_explained(ui_env, tmp_path):
+    """Runs last: it adds an index and an adapter for another base model to the shared setup."""
+    from app import registry
+    from app.ui.state import get_engine
+    from ingest.index import Index, list_indexes
+    from tests.tiny_adapter import card_for, make_adapter
+
+    if "empty" not in list_indexes():
+        Index.create("empty").close()
+    at = page("pages/1_Ask.py")
+    at.selectbox(key="ask_index").select("empty")
+    a = ask(at, "Is vitamin D useful in the elderly?", "off", True)
+    assert a.passages == [] and a.mode == "base"
+    assert any("no passages" in w.value for w in at.warning)
+
+    card = card_for(Path(ui_env["LORACLE_BASE_MODEL"]))
+    card["base_model"] = {"name": "SmolLM2-360M-Instruct", "sha256": "x"}
+    registry.install(make_adapter(Path(ui_env["LORACLE_BASE_MODEL"]), tmp_path / "foreign"), "foreign", card)
+    try:
+        at = page("pages/1_Ask.py")
+        at.selectbox(key="ask_adapter").select("foreign")
+        at.toggle(key="ask_retrieval").set_value(False)
+        at.run()
+        at.text_area(key="question").input("Is tea good?")
+        at.button[0].click()
+        at.run()
+        assert not at.exception
+        assert at.error and "SmolLM2-360M-Instruct" in at.error[0].value and "tiny-llama" in at.error[0].value
+        assert "foreign" not in get_engine().loaded_adapters()
+    finally:
+        registry.remove("foreign")

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 
-def make_adapter(base_dir: Path, out_dir: Path, seed: int = 1, rank: int = 4, std: float = 0.5) -> Path:
+def make_adapter(base_dir: Path, out_dir: Path, seed: int = 1, rank: int = 4, std: float = 0.5,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")) -> Path:
     """Random-init LoRA (A and B nonzero, so it changes outputs) saved as PEFT safetensors files."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -13,7 +14,7 @@ def make_adapter(base_dir: Path, out_dir: Path, seed: int = 1, rank: int = 4, st
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
-    cfg = LoraConfig(r=rank, lora_alpha=rank * 2, target_modules=["q_proj", "v_proj", "o_proj"],
+    cfg = LoraConfig(r=rank, lora_alpha=rank * 2, target_modules=list(targets),
                      init_lora_weights=False, task_type="CAUSAL_LM")
     model = get_peft_model(base, cfg)
     with torch.no_grad():

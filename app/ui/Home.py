@@ -7,17 +7,17 @@ from app import feedback
 from app.ui import state
 
 st.set_page_config(page_title="Loracle", page_icon="🔮", layout="wide")
-st.title("🔮 Loracle")
+st.title("Loracle")
 st.markdown("Local question answering over **one base model** with a switchable **domain LoRA adapter** "
             "and switchable **retrieval** (RAG over your documents), so every question can be asked four ways: "
             "`base`, `lora`, `rag`, `lora+rag`.")
 
 c1, c2, c3, c4, c5 = st.columns(5)
-c1.page_link("pages/1_Ask.py", label="Ask", icon="💬")
-c2.page_link("pages/2_Compare.py", label="Compare modes", icon="🔀")
-c3.page_link("pages/3_Documents.py", label="Documents", icon="📄")
-c4.page_link("pages/4_Adapters.py", label="Adapters", icon="🧩")
-c5.page_link("pages/5_Evaluate.py", label="Evaluate", icon="📊")
+c1.page_link("pages/1_Ask.py", label="Ask", icon=":material/chat:")
+c2.page_link("pages/2_Compare.py", label="Compare modes", icon=":material/compare:")
+c3.page_link("pages/3_Documents.py", label="Documents", icon=":material/description:")
+c4.page_link("pages/4_Adapters.py", label="Adapters", icon=":material/extension:")
+c5.page_link("pages/5_Evaluate.py", label="Evaluate", icon=":material/bar_chart:")
 
 st.subheader("Status")
 engine = state.engine_or_stop()

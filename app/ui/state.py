@@ -122,6 +122,25 @@ def passage_view(passages: list[Any], cited: set[int] | None = None) -> None:
             st.code(p.chunk.text, language=None, wrap_lines=True)
 
 
+def feedback_controls(answer: Any, key: str) -> None:
+    """Thumbs up/down with an optional comment, appended to the feedback log (app.feedback)."""
+    from app import feedback
+
+    done = st.session_state.setdefault("feedback_done", set())
+    if key in done:
+        st.caption("Feedback saved. Thank you.")
+        return
+    c1, c2, c3 = st.columns([4, 1, 1])
+    comment = c1.text_input("Comment (optional)", key=f"fb_comment_{key}", label_visibility="collapsed",
+                            placeholder="Optional comment for the feedback log")
+    for col, rating, label in ((c2, "up", "Good"), (c3, "down", "Bad")):
+        if col.button(label, key=f"fb_{rating}_{key}", icon=f":material/thumb_{rating}:", help=f"Rate this answer: {label.lower()}"):
+            with friendly_errors("Saving feedback"):
+                feedback.record(answer, rating, comment)
+                done.add(key)
+                st.success("Feedback saved. Thank you.")
+
+
 def timings_line(timings: dict[str, float]) -> str:
     parts = []
     if "retrieval_s" in timings:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import feedback
 from app.ui import state
 
 st.set_page_config(page_title="Loracle · Ask", page_icon="💬", layout="wide")
@@ -61,6 +60,9 @@ if submitted:
                     just_answered.question = question.strip()
                 history.append(just_answered)
                 st.session_state["last_answer"] = just_answered
+                if retrieval and index is not None and not just_answered.passages:
+                    st.warning(f"Retrieval found no passages in index '{index}' (is it empty?); "
+                               f"this answer used no documents.")
 
 
 def answer_details(answer, n: int, show_text: bool) -> None:
@@ -75,20 +77,7 @@ def answer_details(answer, n: int, show_text: bool) -> None:
         cited = {c.number for c in answer.citations if c.valid}
         st.markdown(f"**Passages** ({len(cited)} cited of {len(answer.passages)} retrieved)")
         state.passage_view(answer.passages, cited)
-    done = st.session_state.setdefault("feedback_done", set())
-    if n in done:
-        st.caption("Feedback saved. Thank you.")
-        return
-    c1, c2, c3 = st.columns([4, 1, 1])
-    comment = c1.text_input("Comment (optional)", key=f"fb_comment_{n}", label_visibility="collapsed",
-                            placeholder="Optional comment for the feedback log")
-    for col, rating, label in ((c2, "up", "👍 Good"), (c3, "down", "👎 Bad")):
-        if col.button(label, key=f"fb_{rating}_{n}"):
-            with state.friendly_errors("Saving feedback"):
-                feedback.record(answer, rating, comment)
-                done.add(n)
-                st.success("Feedback saved. Thank you.")
-
+    state.feedback_controls(answer, str(n))
 
 if history:
     latest = len(history) - 1

@@ -40,8 +40,9 @@ if submitted:
             st.session_state["comparison"] = {
                 "question": question.strip(), "adapter": adapter, "index": index, "k": int(k),
                 "answers": engine.compare(question.strip(), adapter=adapter, index=index, k=int(k)),
-                "wall_s": time.perf_counter() - t0,
+                "wall_s": time.perf_counter() - t0, "n": st.session_state.get("n_comparisons", 0) + 1,
             }
+            st.session_state["n_comparisons"] = st.session_state["comparison"]["n"]
 
 comparison = st.session_state.get("comparison")
 if comparison:
@@ -74,6 +75,7 @@ if comparison:
             st.caption(f"{len(a.text.split())} words · decision {parse_decision(a.text) or '-'} · {state.timings_line(a.timings)}")
             if a.passages:
                 state.passage_view(a.passages, {c.number for c in a.citations if c.valid})
+            state.feedback_controls(a, f"cmp{comparison['n']}-{mode}")
     payload = {
         "question": comparison["question"], "adapter": comparison["adapter"], "index": comparison["index"],
         "k": comparison["k"], "wall_s": comparison["wall_s"],

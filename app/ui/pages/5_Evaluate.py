@@ -105,6 +105,8 @@ if result is not None:
     summary = result.summary
     st.subheader("Results per mode")
     per_mode = pd.DataFrame(summary["metrics"]).T
+    first = ["n", "accuracy", "macro_f1", f"recall@{summary.get('k', 5)}", "rouge_l", "latency_mean_s"]
+    per_mode = per_mode[[c for c in first if c in per_mode.columns] + [c for c in per_mode.columns if c not in first]]
     st.dataframe(per_mode, width="stretch")
     figs = plot_summary(summary)
     cols = st.columns(max(1, len(figs)))
