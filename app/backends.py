@@ -49,6 +49,7 @@ class LocalBackend:
         self.model = self.base_model  # becomes a PeftModel when the first adapter is loaded
         self.repetition_penalty = repetition_penalty
         self.force_length = False  # benchmarks: every row generates exactly max_new_tokens (eos ignored)
+        self.prefill_rows = True  # prompts of very different lengths: prefill each row alone, decode together
         ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.base_model.generation_config, "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -84,20 +85,14 @@ class LocalBackend:
         return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     def generate(self, items: list[GenItem], streamer=None) -> tuple[list[Generation], float]:
-        """Rows of similar prompt length run in ONE generate() call (mixed adapters, left padding); rows
-        whose prompts differ a lot in length (a 60-token question beside a 700-token RAG prompt) go in
-        separate calls, since prefill is compute-bound and padding would multiply it. The caller holds
-        the engine lock. Returns rows in input order and the total seconds."""
-        prompts_ = [self.render(i.messages) for i in items]
-        lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts_]
-        rows: list[Generation | None] = [None] * len(items)
-        seconds = 0.0
-        for bucket in self._buckets(lengths):
-            out, took = self._generate_once([items[i] for i in bucket], [prompts_[i] for i in bucket], streamer)
-            seconds += took
-            for i, gen in zip(bucket, out):
-                rows[i] = gen
-        return rows, seconds
+        """All rows in ONE generate() call (mixed adapters, left padding); the caller holds the engine lock.
+        When prompt lengths differ a lot (a 60-token question beside a 700-token RAG prompt), padding would
+        multiply the compute-bound prefill, so each row's prompt is prefilled alone and the caches are
+        stitched into one left-padded batch cache before the joint decode. Returns rows and seconds."""
+        texts = [self.render(i.messages) for i in items]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        stitch = self.prefill_rows and len(items) > 1 and len(self._buckets(lengths)) > 1
+        return self._generate_once(items, texts, streamer, prefill_rows=stitch)
 
     @staticmethod
     def _buckets(lengths: list[int], max_ratio: float = 2.0, min_gap: int = 128) -> list[list[int]]:
@@ -111,7 +106,43 @@ class LocalBackend:
                 buckets.append([i])
         return buckets
 
-    def _generate_once(self, items: list[GenItem], texts: list[str], streamer=None):
+    def _adapter_ctx(self, name: str | None):
+        import contextlib
+
+        if self.model is self.base_model:
+            return contextlib.nullcontext()
+        if name is None:
+            return self.model.disable_adapter()
+        if self.model.active_adapter != name:  # set_adapter walks every module: skip if already set
+            self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def _prefill(self, enc, names):
+        """KV cache of prompt[:-1] for every row, each computed alone (no padding, its own adapter) and
+        stitched into one left-padded batch cache; generate() then only runs the last prompt token."""
+        import torch
+        from transformers import DynamicCache
+
+        mask = enc["attention_mask"]
+        width = mask.shape[1]
+        per_row = []
+        for r, name in enumerate(names):
+            ids = enc["input_ids"][r, width - int(mask[r].sum()):width - 1][None]
+            with self._adapter_ctx(name):
+                out = self.model(input_ids=ids, use_cache=True)
+                per_row.append(out.cache if hasattr(out, "cache") else out.past_key_values)
+        cache = DynamicCache(config=self.base_model.config)
+        for layer in range(len(per_row[0].layers)):
+            keys, values = [], []
+            for c in per_row:
+                k, v = c.layers[layer].keys, c.layers[layer].values
+                pad = width - 1 - k.shape[2]
+                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        return cache
+
+    def _generate_once(self, items: list[GenItem], texts: list[str], streamer=None, prefill_rows: bool = False):
         import torch
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -120,6 +151,8 @@ class LocalBackend:
                       streamer=streamer)
         with torch.inference_mode():
             t0 = time.perf_counter()
+            if prefill_rows:
+                kwargs["cache"] = self._prefill(enc, names)
             if self.model is self.base_model:
                 out = self.model.generate(**kwargs)
             elif len(set(names)) == 1 and names[0] is None:

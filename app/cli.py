@@ -28,6 +28,8 @@ def _ingest_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-unit", choices=("char", "token"), default=None, help=f"chunk size unit (default {d.unit})")
     p.add_argument("--embedder", default=None, help=f"sentence-transformers folder or id (default {DEFAULT_EMBEDDER}; "
                    "must match the index's)")
+    p.add_argument("--index-type", choices=("flat", "hnsw"), default="flat", help="FAISS index for a NEW index: "
+                   "flat (exact; default) or hnsw (approximate, for 100k+ chunks; see benchmarks/search.py)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_ingest)
 
@@ -81,6 +83,12 @@ def _run_ingest(args) -> int:
                               unit=args.chunk_unit or chunk.unit))
         if base:
             base.close()
+    if args.index_type != "flat" and not (index_path(args.index) / "manifest.json").is_file():
+        from ingest.config import DEFAULT_EMBEDDER
+        from ingest.index import Index
+
+        Index.create(args.index, embedder=config.embedder if config else DEFAULT_EMBEDDER,
+                     chunk=config.chunk if config else ChunkConfig(), index_type=args.index_type).close()
     bar = tqdm(total=0, unit="doc", desc=f"ingest -> {args.index}", disable=args.json or not args.paths)
 
     def progress(done: int, total: int, name: str) -> None:
@@ -390,6 +398,8 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
                    help="score faithfulness of rag answers with a local judge model (default: the base model)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                    help="regression report of B against A (results folders or adapters)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the modes already complete in --out and run only the missing ones")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=_run_eval)
@@ -409,7 +419,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                      out=args.out, limit=args.limit, max_new_tokens=args.max_new_tokens,
                      questions_per_batch=args.questions_per_batch,
                      split_by_retrieval=args.split_by_retrieval, base_model=args.base_model,
-                     judge=args.judge, save_to_card=args.save_to_card, n_resamples=args.resamples,
+                     judge=args.judge, save_to_card=args.save_to_card, resume=args.resume,
+                     n_resamples=args.resamples,
                      seed=args.seed, threads=args.threads)
     bar = None
 

@@ -5,7 +5,7 @@ The CLI and UI mirror these fields; tests pass their own values (tiny model, tem
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.config import home
@@ -44,7 +44,6 @@ class EngineConfig:
     threads: int | None = None
     backend: str = "local"  # "local" (transformers + PEFT) or "openai" (HTTP server, see app.backends)
     server_url: str = "http://127.0.0.1:8000/v1"  # for backend="openai"
-    extra: dict = field(default_factory=dict)
 
     def adapters_root(self) -> Path:
         return Path(self.adapters_dir) if self.adapters_dir else adapters_dir()

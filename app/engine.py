@@ -3,8 +3,8 @@
 The base model is loaded once. Registry adapters are loaded side by side into one PeftModel, each
 under its registry name; a request picks one (or none) and nothing is ever reloaded. A batch of
 requests in different modes runs as ONE generate() call with PEFT mixed-adapter rows
-(`adapter_names=[..., "__base__"]`) and left padding; only rows whose prompts differ a lot in length
-are split into separate calls (see app.backends.LocalBackend.generate). Generation is serialised by a lock, and the
+(`adapter_names=[..., "__base__"]`) and left padding; when prompt lengths differ a lot, each row is
+prefilled alone and the caches are stitched for the joint decode (app.backends.LocalBackend). Generation is serialised by a lock, and the
 adapter choice is made inside it, so threads sharing an engine never see each other's choice.
 """
 from __future__ import annotations

@@ -4,8 +4,10 @@
     result = evaluate(engine, items, MODES, adapter="medical-pubmedqa", index="pubmedqa", k=5)
     write_results(result, "runs/dev")   # results.jsonl, summary.json, summary.md, *.png
 
-Every question runs in all its modes in one `engine.answer_batch` call (several questions per call
-with `questions_per_batch`). Metrics live in app.metrics; the optional judge in app.judge.
+Questions run in all their modes through `engine.answer_batch` (mixed-adapter batches; the rows with
+passages in a batch of their own by default). Metrics live in app.metrics, tables and charts in
+app.eval_report, the optional faithfulness judge in app.judge. `loracle eval` is a thin wrapper
+around `run_eval` / `run_compare`.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class EvalConfig:
     base_model: str | None = None
     judge: str | None = None  # None: no judge; "" or "default": the base model; else a model spec
     save_to_card: bool = False
+    resume: bool = False  # keep the modes already complete in `out`, run only the missing ones
     n_resamples: int = 1000
     seed: int = 0
     threads: int | None = None
@@ -332,23 +335,48 @@ def make_judge(cfg: EvalConfig, engine=None):
 
 
 def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike | None = None) -> EvalResult:
-    """Load the questions, evaluate, write the results folder (and the card entry with save_to_card)."""
+    """Load the questions, evaluate, write the results folder (and the card entry with save_to_card).
+
+    With `resume`, modes already complete in the output folder (same data, k and max_new_tokens) are kept
+    and only the missing modes run; the merged rows are summarised together."""
     items = load_questions(cfg.data, cfg.limit)
     modes = parse_modes(cfg.modes)
     if cfg.save_to_card and not any(m.startswith("lora") for m in modes):
         raise ValueError("--save-to-card stores results under an adapter; include lora or lora+rag in --modes")
-    engine = engine or make_engine(cfg)
-    adapter = adapter_source(cfg.adapter, engine.root) if cfg.adapter else None
-    result = evaluate(engine, items, modes, adapter, cfg.index, cfg.k, progress,
-                      max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,
-                      split_by_retrieval=cfg.split_by_retrieval,
-                      judge=make_judge(cfg, engine), n_resamples=cfg.n_resamples, seed=cfg.seed,
-                      data_path=cfg.data)
     out_dir = Path(out or cfg.out or Path("runs") / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    kept, prev = [], None
+    if cfg.resume and (out_dir / RESULTS_FILE).is_file():
+        prev = load_results(out_dir)
+        for key, want in (("data_sha256", _sha256(cfg.data)), ("k", cfg.k), ("max_new_tokens", cfg.max_new_tokens)):
+            if prev.summary.get(key) not in (None, want):
+                raise ValueError(f"cannot resume {out_dir}: it was run with {key}={prev.summary[key]!r}, "
+                                 f"this run has {want!r}; use another --out")
+        ids = {it.id for it in items}
+        kept = [m for m in modes if ids <= {r["id"] for r in prev.rows if r["mode"] == m}]
+    todo = [m for m in modes if m not in kept]
+    if todo:
+        engine = engine or make_engine(cfg)
+        adapter = adapter_source(cfg.adapter, engine.root) if cfg.adapter else None
+        result = evaluate(engine, items, todo, adapter, cfg.index, cfg.k, progress,
+                          max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,
+                          split_by_retrieval=cfg.split_by_retrieval, judge=make_judge(cfg, engine),
+                          n_resamples=cfg.n_resamples, seed=cfg.seed, data_path=cfg.data)
+    else:
+        result = EvalResult([], {key: v for key, v in prev.summary.items() if key not in ("metrics", "differences")})
+    if prev is not None and kept:
+        order = {(it.id, m): i * len(modes) + j for i, it in enumerate(items) for j, m in enumerate(modes)}
+        rows = [r for r in prev.rows if r["mode"] in kept and (r["id"], r["mode"]) in order] + result.rows
+        rows.sort(key=lambda r: order[(r["id"], r["mode"])])
+        settings = {key: v for key, v in result.summary.items() if key not in ("metrics", "differences")}
+        for key in ("adapter", "index"):
+            settings[key] = settings.get(key) or prev.summary.get(key)
+        settings.update(modes=modes, resumed={"modes": kept, "created": prev.summary.get("created"),
+                                              "wall_s": prev.summary.get("wall_s")})
+        result = EvalResult(rows, summarize(rows, settings))
     result.extra["out"] = str(out_dir)
     result.extra["written"] = [str(p) for p in write_results(result, out_dir)]
     if cfg.save_to_card:
-        result.extra["card"] = save_to_card(result.summary, root=engine.root)
+        result.extra["card"] = save_to_card(result.summary, root=engine.root if engine else None)
     return result
 
 

@@ -11,6 +11,7 @@ timed twice and averaged, because the CPU is shared and its speed drifts.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=100, help="mixed-format files from shared/data/pubmedqa/docs")
     ap.add_argument("--records", type=int, default=300, help="records of data/pubmedqa/corpus.jsonl")
     args = ap.parse_args()
+    print("load average (1, 5, 15 min) at start: %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count()))
     get_embedder().encode(["warm up the model"] * 8)  # load + warm, outside every timing
     from ingest.load import _use_packaged_spacy_model, load
 

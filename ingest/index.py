@@ -217,7 +217,16 @@ class Index:
         with self._mutex:
             if self._faiss.ntotal == 0:
                 return np.zeros((len(vectors), 0), "float32"), np.zeros((len(vectors), 0), "int64")
-            return self._faiss.search(vectors, min(k, self._faiss.ntotal))
+            if len(vectors) > 8:
+                return self._faiss.search(vectors, min(k, self._faiss.ntotal))
+            import faiss
+
+            before = faiss.omp_get_max_threads()  # a few queries gain nothing from an OpenMP team
+            faiss.omp_set_num_threads(1)
+            try:
+                return self._faiss.search(vectors, min(k, self._faiss.ntotal))
+            finally:
+                faiss.omp_set_num_threads(before)
 
     def get_chunks(self, ids) -> list[Chunk | None]:
         """Chunks for FAISS ids, in order; None for an id no longer in the store."""

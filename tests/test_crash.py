@@ -26,32 +26,45 @@ MIN_KILLS = 20
 PER_BATCH = 4
 
 
-def _serve(index: str) -> None:
-    """Fork server: one line in ('run DIR'), one child ingest; prints 'pid N' then 'exit STATUS'."""
+def _serve(kind: str, arg: str) -> None:
+    """Fork server: one line in ('run ARG'), one child doing the work; prints 'pid N' then 'exit STATUS'.
+    kind "ingest": ARG is a folder ingested into the index given at start. kind "train": ARG is unused,
+    the child trains the adapter described by the JSON TrainConfig given at start."""
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool in the parent: forked children must not inherit one
-    from ingest.pipeline import ingest_paths
+    if kind == "ingest":
+        from ingest.pipeline import ingest_paths
 
-    with tempfile.TemporaryDirectory() as warm:  # import and touch everything once, so children start warm
-        (Path(warm) / "warm.txt").write_text("Warm up the loader, chunker, embedder and FAISS.\n")
-        ingest_paths([Path(warm) / "warm.txt"], index=Path(warm) / "index")
+        with tempfile.TemporaryDirectory() as warm:  # import and touch everything once, so children start warm
+            (Path(warm) / "warm.txt").write_text("Warm up the loader, chunker, embedder and FAISS.\n")
+            ingest_paths([Path(warm) / "warm.txt"], index=Path(warm) / "index")
+
+        def work(folder: str) -> int:
+            return 3 if ingest_paths([folder], index=arg).rejected else 0
+    else:
+        from app.train import TrainConfig, train
+
+        config = TrainConfig(**json.loads(arg))
+        train(config)  # the first version, uninterrupted; also warms every import
+
+        def work(_: str) -> int:
+            train(config)
+            return 0
     print("ready", flush=True)
     for line in sys.stdin:
-        cmd, _, arg = line.strip().partition(" ")
+        cmd, _, work_arg = line.strip().partition(" ")
         if cmd != "run":
             break
         pid = os.fork()
         if pid == 0:
-            code = 0
+            code = 1
             try:
-                report = ingest_paths([arg], index=index)
-                code = 3 if report.rejected else 0
+                code = work(work_arg)
             except BaseException:  # noqa: BLE001 - report and leave without running parent cleanup
                 import traceback
 
                 traceback.print_exc()
-                code = 1
             os._exit(code)
         print(f"pid {pid}", flush=True)
         _, status = os.waitpid(pid, 0)
@@ -59,9 +72,9 @@ def _serve(index: str) -> None:
 
 
 class Server:
-    def __init__(self, index: Path):
+    def __init__(self, kind: str, arg: str):
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.test_crash", "serve", str(index)], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.test_crash", kind, arg], cwd=REPO, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self._line() == "ready"
 
@@ -71,7 +84,7 @@ class Server:
             raise RuntimeError(f"fork server died (rc {self.proc.poll()})")
         return line
 
-    def run(self, batch: Path, kill_after: float | None = None) -> tuple[bool, float]:
+    def run(self, batch: Path | str = "-", kill_after: float | None = None) -> tuple[bool, float]:
         """Run one ingest; SIGKILL it after `kill_after` s. Returns (was killed mid-run, seconds)."""
         self.proc.stdin.write(f"run {batch}\n")
         self.proc.stdin.flush()
@@ -88,7 +101,7 @@ class Server:
         if os.WIFSIGNALED(status):
             assert os.WTERMSIG(status) == signal.SIGKILL
             return True, elapsed
-        assert os.WEXITSTATUS(status) == 0, f"ingest of {batch} failed with exit code {os.WEXITSTATUS(status)}"
+        assert os.WEXITSTATUS(status) == 0, f"run {batch} failed with exit code {os.WEXITSTATUS(status)}"
         return False, elapsed
 
     def close(self) -> None:
@@ -157,7 +170,7 @@ def test_sigkill_during_ingest_never_corrupts_the_index(tmp_path):
     rng = random.Random(1234)
     index = tmp_path / "crashy"
     texts = _texts(200)
-    server = Server(index)
+    server = Server("ingest", str(index))
     try:
         batch, want = _make_batch(tmp_path, 0, texts)
         _, clean_s = server.run(batch)  # the baseline, uninterrupted
@@ -185,5 +198,58 @@ def test_sigkill_during_ingest_never_corrupts_the_index(tmp_path):
         server.close()
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "serve":
-    _serve(sys.argv[2])
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] in ("ingest", "train"):
+    _serve(sys.argv[1], sys.argv[2])
+
+
+TRAIN_KILLS = 6
+
+
+def _check_registry(root: Path, name: str) -> int:
+    """The registry lists only complete adapters: no invalid folder, every version loads. Returns the version."""
+    from safetensors import safe_open
+
+    from app import registry
+
+    good, bad = registry.scan(root)
+    assert bad == [], bad
+    assert [a.name for a in good] == [name]
+    lineage = registry.versions(name, root)
+    assert [a.version for a in lineage] == list(range(1, len(lineage) + 1))
+    for info in lineage:
+        with safe_open(str(info.path / "adapter_model.safetensors"), "pt") as f:  # reads every tensor
+            assert all(f.get_tensor(k).numel() for k in f.keys())
+        assert info.card["base_model"]["name"] and json.loads((info.path / "adapter_config.json").read_text())
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == [name]
+    return lineage[-1].version
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sigkill_during_training_never_leaves_a_half_adapter(tiny_model_dir, shared_data, tmp_path):
+    rng = random.Random(99)
+    root = tmp_path / "adapters"
+    config = {"data": str(shared_data / "sample" / "dev.jsonl"), "name": "crashy", "base_model": str(tiny_model_dir),
+              "epochs": 1, "rank": 4, "alpha": 8, "max_len": 96, "grad_accum": 2, "val_fraction": 0.2, "evals": 1,
+              "limit": 5, "adapters_dir": str(root), "threads": 1}
+    server = Server("train", json.dumps(config))
+    try:
+        assert _check_registry(root, "crashy") == 1
+        _, clean_s = server.run()
+        version = _check_registry(root, "crashy")
+        assert version == 2
+        kills = late = 0
+        for i in range(TRAIN_KILLS):
+            at = rng.uniform(0.75, 1.02)  # training writes nothing before its end: save, install
+            killed, _ = server.run(kill_after=at * clean_s)
+            kills += killed
+            late += killed and any(p.name.startswith(".") for p in root.iterdir())  # died while saving/installing
+            now = _check_registry(root, "crashy")
+            assert now in (version, version + 1)
+            version = now
+        _, _ = server.run()
+        assert _check_registry(root, "crashy") == version + 1
+        print(f"\n{kills} SIGKILLs during training ({late} while saving/installing; clean run {clean_s:.1f}s); registry at v{version + 1}, "
+              f"always complete")
+        assert kills >= TRAIN_KILLS // 2
+    finally:
+        server.close()

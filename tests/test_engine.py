@@ -65,6 +65,24 @@ def test_mixed_batch_equals_separate_runs_row_by_row(setup, alone):
         assert a.mode == ("lora" if r.adapter else "base") and a.timings["batch_size"] == len(reqs)
 
 
+def test_mixed_batch_of_short_and_long_prompts_prefills_rows_alone(setup, alone):
+    engine = setup[0]
+    long_q = "Given that " + "the drug was tested in many trials with good results, " * 25 + "is it safe?"
+    seen = []
+    hook = engine.base_model.get_input_embeddings().register_forward_hook(
+        lambda m, i, o: seen.append(tuple(i[0].shape)))
+    try:
+        reqs = [Request(QUESTIONS[0]), Request(long_q, "alpha"), Request(QUESTIONS[0], "beta"), Request(long_q)]
+        answers = engine.answer_batch(reqs)
+    finally:
+        hook.remove()
+    assert seen[4] == (4, 1)  # four unpadded prefills, then one joint decode of all rows
+    assert [s[0] for s in seen[:4]] == [1, 1, 1, 1] and seen[1][1] > 3 * seen[0][1]
+    assert answers[0].text == alone[(QUESTIONS[0], None)] and answers[2].text == alone[(QUESTIONS[0], "beta")]
+    assert answers[1].text == engine.answer(long_q, adapter="alpha").text
+    assert answers[3].text == engine.answer(long_q).text
+
+
 def test_batch_rows_keep_their_own_token_limit(setup, alone):
     engine = setup[0]
     short, long_ = engine.answer_batch([Request(QUESTIONS[1], "beta", max_new_tokens=3), Request(QUESTIONS[1])])

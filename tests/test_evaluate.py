@@ -190,15 +190,19 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
     index, modes = str(sample_index), "base,lora,rag,lora+rag"
     monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
     out = tmp_path / "run"
-    argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--modes", modes, "--adapter", "med",
-            "-k", "2", "--limit", "3", "--questions-per-batch", "2", "--max-new-tokens", "3", "--base-model", str(tiny_model_dir),
-            "--out", str(out), "--save-to-card", "--resamples", "200"]
-    assert main(argv + ["--index", index]) == 0
+    argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--adapter", "med", "--index", index,
+            "-k", "2", "--limit", "3", "--questions-per-batch", "2", "--max-new-tokens", "3",
+            "--base-model", str(tiny_model_dir), "--out", str(out), "--resamples", "200"]
+    assert main(argv + ["--modes", "base,rag"]) == 0
+    first = {(r["id"], r["mode"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    # --resume keeps base and rag and runs only the two adapter modes
+    assert main(argv + ["--modes", modes, "--resume", "--save-to-card"]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     wanted = modes.split(",")
     assert len(rows) == 3 * len(wanted) and [r["mode"] for r in rows[:len(wanted)]] == wanted
     assert len({r["id"] for r in rows[:len(wanted)]}) == 1  # question-major order, whatever the batching
     assert all(r["mode_used"] == r["mode"] for r in rows)
+    assert all(r == first[(r["id"], r["mode"])] for r in rows if r["mode"] in ("base", "rag"))
     for r in rows:
         assert {"id", "question", "answer", "decision", "gold", "cited_passage_ids", "retrieved_doc_ids",
                 "timings", "latency_s", "rouge_l"} <= set(r)
@@ -206,6 +210,7 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
         assert (r["adapter"] or "").startswith("med@v") == r["mode"].startswith("lora")
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["metrics"]) == wanted and summary["n_items"] == 3
+    assert summary["resumed"]["modes"] == ["base", "rag"] and summary["adapter"].startswith("med@v")
     for m in summary["metrics"].values():
         assert 0 <= m["accuracy"] <= 1 and m["latency_mean_s"] > 0 and "macro_f1" in m
     assert "recall@2" in summary["metrics"]["rag"] and (out / "recall.png").is_file()

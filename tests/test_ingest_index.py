@@ -200,3 +200,15 @@ def test_crash_after_store_commit_is_repaired_on_open(docs, tmp_path):
     assert json.loads((target / "manifest.json").read_text())["counts"] == ix.manifest["counts"]
     ix.close()
     assert ingest_paths([docs], index=target).added  # and writing on top of it works
+
+
+def test_hnsw_index_type_supports_replace_and_remove(docs, tmp_path):
+    target = tmp_path / "ix"
+    Index.create(target, index_type="hnsw").close()
+    ingest_paths([docs / "pubmed-9854965.md", docs / "pubmed-17089900.txt", docs / MEDQUAD_XML], index=target)
+    assert remove(["pubmed-17089900"], index=target).removed == ["pubmed-17089900"]  # HNSW: rebuilt from the store
+    ix = Index.open(target)
+    assert ix.manifest["index_type"] == "hnsw" and len(ix) == sum(d["chunks"] for d in ix.documents())
+    assert search_docs(ix, "motor neuron disease dementia and aphasia")[0] == "pubmed-9854965"
+    assert "pubmed-17089900" not in search_docs(ix, "Paget disease of bone", k=10)
+    ix.close()
