@@ -196,7 +196,20 @@ def ensure_default_index(progress: Progress | None = None) -> Path:
     corpus = default_corpus()
     if not corpus.is_file():
         raise FileNotFoundError(f"default corpus {corpus} is missing; restore data/pubmedqa from the repository")
-    report = ingest_paths([corpus], index=DEFAULT_INDEX, progress=progress)
+    bar = None
+    if progress is None:  # `make run` / `loracle ui`: show the one-off build on the terminal
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="doc", desc=f"building index '{DEFAULT_INDEX}' from {corpus.name}")
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+    try:
+        report = ingest_paths([corpus], index=DEFAULT_INDEX, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     if report.rejected:
         raise RuntimeError(f"building the default index rejected {report.rejected[0][0]}: {report.rejected[0][1]}")
     return path
