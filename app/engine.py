@@ -13,13 +13,14 @@ import hashlib
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 from app import prompts, registry
 from app.config import EngineConfig
 from app.types import MODES, Answer, Passage, mode_of
+from ingest.safety import clean_question
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Engine:
         which requests may use. An adapter already loaded at its current version is not loaded again."""
         key, info = self._resolve(name_or_path)
         registry.check_compatible(info, self.info.name)
+        if getattr(self.backend, "base_model", None) is not None:  # local weights: check shapes before PEFT
+            registry.check_shapes(info, self.backend.base_model, self.info.name)
         with self._lock:
             have = self._adapters.get(key)
             if have and have.version == info.version and have.path == info.path:
@@ -154,8 +157,7 @@ class Engine:
     def _prepare(self, requests: list[Request]) -> list[_Prepared]:
         preps = []
         for r in requests:
-            if not r.question or not r.question.strip():
-                raise ValueError("empty question; type a question to ask")
+            r = replace(r, question=clean_question(r.question))  # length limit, control characters
             preps.append(_Prepared(r, self._adapter_for(r.adapter),
                                    max_new_tokens=r.max_new_tokens or self.config.max_new_tokens))
         self._retrieve(preps)

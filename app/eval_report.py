@@ -19,7 +19,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     k, per_mode = summary.get("k", 5), summary["metrics"]
     columns = [("accuracy", "accuracy", True), ("macro_f1", "macro-F1", False),
                ("no_decision_rate", "no decision", True), ("rouge_l", "ROUGE-L", False),
-               (f"recall@{k}", f"recall@{k}", True), ("citation_validity", "citation validity", True),
+               (f"recall@{k}", f"recall@{k}", True), ("citation_rate", "cites", True),
+               ("citation_validity", "citation validity", True),
                ("faithfulness", "faithfulness", False), ("latency_mean_s", "mean latency (s)", False),
                ("latency_p95_s", "p95 latency (s)", False)]
     columns = [c for c in columns if any(m.get(c[0]) is not None for m in per_mode.values())]

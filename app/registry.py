@@ -66,7 +66,7 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _check_safetensors(path: Path) -> None:
+def _check_safetensors(path: Path) -> dict:
     """Read the safetensors header only: catches truncated or foreign files without importing torch."""
     try:
         with open(path, "rb") as f:
@@ -79,6 +79,7 @@ def _check_safetensors(path: Path) -> None:
     except (ValueError, struct.error, UnicodeDecodeError):
         raise ValueError(f"{path} is not a readable safetensors file; re-save the adapter with "
                          f"save_pretrained(..., safe_serialization=True)") from None
+    return header
 
 
 def read_folder(path: Path, name: str | None = None) -> AdapterInfo:
@@ -172,6 +173,32 @@ def check_compatible(info: AdapterInfo, base_model_name: str) -> None:
         raise ValueError(f"adapter '{info.name}' was trained on {info.base_model} but the engine runs "
                          f"{base_model_name}; pass --base-model {info.base_model} or use an adapter "
                          f"trained on {base_model_name}")
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+def check_shapes(info: AdapterInfo, model, base_model_name: str) -> None:
+    """Compare the LoRA matrices' shapes (from the safetensors header, nothing loaded) with the layers
+    of `model`; a mismatch is a ValueError naming both, raised before PEFT touches the model."""
+    header = _check_safetensors(info.path / "adapter_model.safetensors")
+    modules = dict(model.named_modules())
+    for key, meta in header.items():
+        m = _LORA_KEY.match(key)
+        if not m or not isinstance(meta, dict):
+            continue
+        layer = modules.get(m.group(1)) or modules.get(f"base_model.model.{m.group(1)}")
+        if layer is None:
+            raise ValueError(f"adapter '{info.name}' adapts layer {m.group(1)}, which {base_model_name} does not "
+                             f"have; it was trained for {info.base_model or 'another model'}, not this base model")
+        want = getattr(layer, "in_features" if m.group(2) == "A" else "out_features", None)
+        shape = meta.get("shape") or [0, 0]
+        have = shape[1] if m.group(2) == "A" else shape[0]
+        if want is not None and have != want:
+            raise ValueError(f"adapter '{info.name}' has {m.group(1)}.lora_{m.group(2)} of shape {shape} (width "
+                             f"{have}) but {base_model_name} has width {want} there; it was trained for another "
+                             f"model than its card says ({info.base_model or 'unknown'}); retrain it on "
+                             f"{base_model_name}")
 
 
 def render_readme(card: dict) -> str:

@@ -63,6 +63,15 @@ def detect_format(path: Path, head: bytes) -> str:
 
 
 def _decode(data: bytes, path: Path) -> str:
+    try:  # the hardening module's decoder knows UTF-16/32 and BOMs; this fallback only UTF-8/cp1252
+        from ingest.safety import UnsafeInput, decode_text
+    except ImportError:
+        decode_text = None
+    if decode_text is not None:
+        try:
+            return decode_text(data, path.name)
+        except UnsafeInput as exc:
+            raise LoadError(str(exc)) from None
     if b"\x00" in data[:65536]:
         raise LoadError(f"binary content in a text file ({path.suffix or 'no extension'}): NUL bytes found")
     try:

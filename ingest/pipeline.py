@@ -115,6 +115,9 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
             try:
                 if path.is_file() and path.stat().st_size > config.max_file_bytes:
                     raise LoadError(f"file is larger than the {config.max_file_bytes // 2**20} MiB limit")
+                reason = _safety_check(path) if path.exists() else None
+                if reason:
+                    raise LoadError(reason)
                 if path.suffix.lower() != ".jsonl" and path.is_file():
                     sha = hashlib.sha256(path.read_bytes()).hexdigest()
                     if known.get(path.stem) == (sha, key) and path.stem not in seen:
@@ -149,6 +152,15 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
         jobs.put(None)
 
 
+def _safety_check(path: Path) -> str | None:
+    """ingest.safety (owned by the hardening work) screens untrusted files before any parser sees them."""
+    try:
+        from ingest.safety import check_file
+    except ImportError:
+        return None
+    return check_file(path)
+
+
 def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: dict, report: IngestReport,
              tracker: _Tracker) -> None:
     """Main thread: embed chunks in batches and write each document once all its chunks have vectors."""
@@ -177,7 +189,10 @@ def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: d
         if isinstance(item, BaseException):
             raise item
         pending.append(item)
-        if sum(len(cs) for _, cs in pending) >= batch_size * 4:
+        n = sum(len(cs) for _, cs in pending)
+        # Big flushes let sentence-transformers sort by length (less padding); but when the loader
+        # is the slower side (queue empty), embed what is there so the two overlap.
+        if n >= batch_size * 4 or (n >= batch_size and jobs.empty()):
             flush()
     if pending:
         flush()

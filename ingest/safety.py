@@ -340,7 +340,7 @@ def check_question(question: str, limits: SafetyLimits | None = None) -> str | N
         return f"the question must be text, not {type(question).__name__}"
     cleaned = _Q_CONTROL.sub(" ", question).strip()
     if not cleaned:
-        return "the question is empty (or only spaces/control characters); type a question"
+        return "empty question (nothing but spaces or control characters); type a question to ask"
     if len(cleaned) > limits.max_question_chars:
         return f"the question is {len(cleaned):,} characters long (limit {limits.max_question_chars:,}); shorten it " \
                f"or raise LORACLE_MAX_QUESTION_CHARS"

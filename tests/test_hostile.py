@@ -104,7 +104,6 @@ def test_good_files_in_a_hostile_batch_still_go_in(corpus, base_index, tmp_path)
     assert len(snapshot(index)["docs"]) == len(snapshot(base_index)["docs"]) + 1
 
 
-@pytest.mark.xfail(strict=True, run=False, reason="needs ingest/load.py to decode with ingest.safety.decode_text (not released yet)")
 def test_odd_encodings_are_ingested_with_the_right_text(tmp_path):
     from ingest.index import Index
     from ingest.pipeline import ingest_paths
@@ -121,8 +120,6 @@ def test_odd_encodings_are_ingested_with_the_right_text(tmp_path):
         assert " ".join(text.split()) in " ".join(texts[Path(name).stem].split()), name
 
 
-@pytest.mark.xfail(strict=True, run=False, reason="needs `loracle ingest` (ingestion) and ingest.safety.check_file wired into "
-                                       "ingest/pipeline.py (not released yet)")
 def test_cli_refuses_every_case_and_leaves_the_index_unchanged(corpus, base_index):
     out, cases = corpus
     before = snapshot(base_index)

@@ -108,8 +108,9 @@ def test_bad_input_is_rejected_and_the_rest_ingested(docs, tmp_path):
     report = ingest_paths([bad], index=target)  # only bad files: the index is not touched at all
     reasons = {Path(p).name: r for p, r in report.rejected}
     assert set(reasons) == {"empty.txt", "corrupt.pdf", "binary.txt", "slides.pptx"}
-    assert reasons["empty.txt"] == "empty file" and reasons["corrupt.pdf"].startswith("corrupt PDF")
-    assert reasons["binary.txt"].startswith("binary content") and "unsupported file type '.pptx'" in reasons["slides.pptx"]
+    # (reasons come from ingest.safety's screening when present, else from ingest.load)
+    assert "empty" in reasons["empty.txt"] and "corrupt" in reasons["corrupt.pdf"]
+    assert "binary" in reasons["binary.txt"] and "unsupported" in reasons["slides.pptx"] and "'.pptx'" in reasons["slides.pptx"]
     assert all("\n" not in r for r in reasons.values())
     assert file_bytes(target) == on_disk
 

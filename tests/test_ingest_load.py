@@ -110,7 +110,7 @@ def test_token_chunking_uses_the_embedder_tokenizer(shared_data):
     ("blank.md", b"  \n\n ", "empty file"),
     ("broken.pdf", b"%PDF-1.4\n garbage that is not a pdf body", "corrupt PDF"),
     ("fake.pdf", b"hello, I am not a PDF", "corrupt PDF"),
-    ("binary.txt", bytes(range(256)) * 8, "binary content"),
+    ("binary.txt", bytes(range(256)) * 8, "binary"),
     ("slides.pptx", b"PK\x03\x04 something", "unsupported file type '.pptx'"),
     ("broken.docx", b"not a zip at all", "corrupt DOCX"),
     ("bad.jsonl", b'{"doc_id": "a"}\n', "lacks string fields"),
