@@ -252,10 +252,19 @@ def main() -> int:
         engine = Engine(EngineConfig(adapters_dir=str(root), adapters=tuple(names), index=str(index),
                                      max_new_tokens=args.max_new_tokens))
         engine.answer(QUESTIONS[0], retrieval=True, max_new_tokens=2)  # warm up retrieval and generation
-        print(f"base {info.name}; adapters {names}; {args.clients} clients + 1 ingesting for {args.seconds:.0f} s")
+        print(f"base {info.name}; adapters {names}; baseline: 1 client for {args.seconds / 4:.0f} s")
+        solo = run_load(engine, (names[0], names[1]), args.seconds / 4, 1, max_new_tokens=args.max_new_tokens)
+        print(f"then {args.clients} clients + 1 ingesting for {args.seconds:.0f} s")
         result = run_load(engine, (names[0], names[1]), args.seconds, args.clients,
                           ingest=make_ingest(index, tmp / "docs", texts), max_new_tokens=args.max_new_tokens)
-        print(json.dumps(result.summary(), indent=1))
+        one, many = solo.summary(), result.summary()
+        print(json.dumps({"one_client": one, "loaded": many}, indent=1))
+        print(f"throughput {args.clients} clients + ingest / 1 client: "
+              f"{many['throughput_per_s'] / max(one['throughput_per_s'], 1e-9):.2f}x; "
+              f"p50 latency ratio {many['p50_s'] / max(one['p50_s'] or 1e-9, 1e-9):.1f}x "
+              f"(one generation at a time: the lock queues requests, it does not race them)")
+        result.errors += solo.errors
+        result.mismatches += solo.mismatches
         for line in (result.errors + result.mismatches)[:10]:
             print("PROBLEM:", line)
         return 1 if result.errors or result.mismatches else 0

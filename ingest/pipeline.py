@@ -189,10 +189,10 @@ def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: d
         if isinstance(item, BaseException):
             raise item
         pending.append(item)
-        n = sum(len(cs) for _, cs in pending)
-        # Big flushes let sentence-transformers sort by length (less padding); but when the loader
-        # is the slower side (queue empty), embed what is there so the two overlap.
-        if n >= batch_size * 4 or (n >= batch_size and jobs.empty()):
+        # Big flushes let sentence-transformers sort by length (less padding). Flushing at every
+        # 64 chunks to overlap more measured slower here (0.60 vs 0.81-0.98 of raw encode): a
+        # loader thread beside torch's two OpenMP threads on two busy cores stalls their barriers.
+        if sum(len(cs) for _, cs in pending) >= batch_size * 4:
             flush()
     if pending:
         flush()

@@ -76,7 +76,8 @@ def sniff(head: bytes) -> str:
 
     if not head:
         return "empty"
-    if b"%PDF-" in head[:1024]:
+    at = head.find(b"%PDF-", 0, 1024)  # the PDF spec allows junk before the header
+    if at == 0 or (at > 0 and (not head[:at].strip() or b" obj" in head)):
         return "pdf"
     if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
         return "ole"
@@ -272,6 +273,8 @@ def check_file(path: str | os.PathLike, limits: SafetyLimits | None = None, name
     except OSError as exc:
         return f"'{name}' cannot be read ({exc.strerror}); check its permissions"
     kind = sniff(head)
+    if kind == "zip" and ext == ".docx":  # a member other than word/ may come first: the directory decides
+        kind = "docx"
     expected = _EXPECTED.get(ext, "text")
     if kind != expected:
         hint = f"rename it to {_FIX[kind]}" if kind in _FIX and kind != "text" else "upload the original document"

@@ -71,6 +71,16 @@ def test_valid_documents_pass(tmp_path, shared_data):
     (tmp_path / "ok.pdf").write_bytes(_pdf())
     (tmp_path / "ok.docx").write_bytes(_docx())
     (tmp_path / "owner_only.pdf").write_bytes(_pdf(owner_only=True))  # opens without a password
+    import io
+    import os
+    import zipfile
+
+    buf = io.BytesIO()  # a DOCX whose first member is a large thumbnail: "word/" is not in the first 8 KB
+    with zipfile.ZipFile(buf, "w") as z, zipfile.ZipFile(io.BytesIO(_docx())) as src:
+        z.writestr("docProps/preview.bin", os.urandom(20000))
+        for item in src.infolist():
+            z.writestr(item.filename, src.read(item.filename))
+    (tmp_path / "thumb_first.docx").write_bytes(buf.getvalue())
     for p in list(tmp_path.iterdir()) + sorted((shared_data / "sample" / "docs").iterdir()):
         assert check_file(p) is None, p
     for p in sorted((shared_data / "sample" / "medquad" / "docs").iterdir()):
@@ -98,6 +108,8 @@ def test_sniff():
     assert sniff("中文文本，医学问题。".encode() * 20) == "text"
     assert sniff("utf16 text".encode("utf-16-le")) == "text"
     assert sniff(bytes(range(256))) == "binary"
+    assert sniff(b"Notes on the %PDF-1.7 header and on file formats in general.") == "text"
+    assert sniff(b"\n\n%PDF-1.4\n1 0 obj") == "pdf"
 
 
 def test_safe_upload_name():
