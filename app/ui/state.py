@@ -122,7 +122,7 @@ def passage_view(passages: list[Any], cited: set[int] | None = None) -> None:
             st.code(p.chunk.text, language=None, wrap_lines=True)
 
 
-def feedback_controls(answer: Any, key: str) -> None:
+def feedback_controls(answer: Any, key: str, compact: bool = False) -> None:
     """Thumbs up/down with an optional comment, appended to the feedback log (app.feedback)."""
     from app import feedback
 
@@ -130,7 +130,10 @@ def feedback_controls(answer: Any, key: str) -> None:
     if key in done:
         st.caption("Feedback saved. Thank you.")
         return
-    c1, c2, c3 = st.columns([4, 1, 1])
+    if compact:  # narrow containers: comment on its own line, buttons below
+        c1, (c2, c3) = st.container(), st.columns(2)
+    else:
+        c1, c2, c3 = st.columns([4, 1, 1])
     comment = c1.text_input("Comment (optional)", key=f"fb_comment_{key}", label_visibility="collapsed",
                             placeholder="Optional comment for the feedback log")
     for col, rating, label in ((c2, "up", "Good"), (c3, "down", "Bad")):

@@ -75,7 +75,7 @@ if comparison:
             st.caption(f"{len(a.text.split())} words · decision {parse_decision(a.text) or '-'} · {state.timings_line(a.timings)}")
             if a.passages:
                 state.passage_view(a.passages, {c.number for c in a.citations if c.valid})
-            state.feedback_controls(a, f"cmp{comparison['n']}-{mode}")
+            state.feedback_controls(a, f"cmp{comparison['n']}-{mode}", compact=True)
     payload = {
         "question": comparison["question"], "adapter": comparison["adapter"], "index": comparison["index"],
         "k": comparison["k"], "wall_s": comparison["wall_s"],

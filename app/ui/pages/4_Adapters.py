@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -82,7 +83,13 @@ else:
     card_tab, eval_tab, raw_tab = st.tabs(["Model card", "Evaluation per mode", "card.json"])
     with card_tab:
         readme = info.path / "README.md"
-        st.markdown(readme.read_text(encoding="utf-8") if readme.exists() else "_(no README.md)_")
+        text = readme.read_text(encoding="utf-8") if readme.exists() else "_(no README.md)_"
+        images = [info.path / m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)]
+        st.markdown(re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text))  # card images are shown below, from the folder
+        for img in images:
+            inside = img.resolve().is_relative_to(info.path.resolve())
+            if inside and img.suffix.lower() in (".png", ".jpg", ".jpeg") and img.is_file():
+                st.image(str(img), caption=img.name, width=640)
         curve = curve_frame(info.card)
         if curve is not None:
             st.caption("training / validation loss")

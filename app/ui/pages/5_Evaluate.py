@@ -140,7 +140,8 @@ if result is not None:
     for i, (_, r) in enumerate(picked.iterrows()):
         with grid[i % 2].container(border=True):
             ok = {True: "· correct", False: "· wrong"}.get(r["correct"], "")
-            st.markdown(f"**{r['mode']}** · decision {r['decision'] or '-'} {ok}")
+            decision = r["decision"] if isinstance(r["decision"], str) else "-"
+            st.markdown(f"**{r['mode']}** · decision {decision} {ok}")
             st.markdown(r["answer"] or "_(empty)_")
             hit = {True: "gold retrieved", False: "gold missed"}.get(r["retrieval_hit"], "")
             st.caption(f"{r['latency_s']:.2f} s · passages: {', '.join(r['retrieved_doc_ids']) or '-'} {hit}")
