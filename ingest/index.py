@@ -85,14 +85,17 @@ def make_faiss_index(dim: int, index_type: str = "flat"):
     return faiss.IndexIDMap2(base)
 
 
+WRITER_WAIT_S = 2.0  # a reader's repair holds the lock for milliseconds; a real second writer far longer
+
+
 @contextmanager
-def _lock(path: Path):
+def _lock(path: Path, timeout: float = 0):
     from filelock import FileLock, Timeout
 
     path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path / ".lock"))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=timeout)
     except Timeout:
         raise IndexLockedError(f"index {path} is being written by another process (lock {path / '.lock'}); "
                                "wait for that ingest to finish, then try again") from None
@@ -255,7 +258,7 @@ class Index:
     @contextmanager
     def writer(self) -> Iterator["IndexWriter"]:
         """All changes inside the block are applied together, or (on any exception) not at all."""
-        with _lock(self.path), self._mutex:
+        with _lock(self.path, timeout=WRITER_WAIT_S), self._mutex:
             if self.stamp()[0] != self.manifest.get("generation") or self._store_generation() != self.manifest.get("generation"):
                 # another process wrote since we opened (or crashed half-way): start from the store
                 self.manifest = json.loads((self.path / "manifest.json").read_text())

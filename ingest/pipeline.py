@@ -113,9 +113,7 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
     try:
         for path in files:
             try:
-                if path.is_file() and path.stat().st_size > config.max_file_bytes:
-                    raise LoadError(f"file is larger than the {config.max_file_bytes // 2**20} MiB limit")
-                reason = _safety_check(path) if path.exists() else None
+                reason = _safety_check(path, config) if path.exists() else None
                 if reason:
                     raise LoadError(reason)
                 if path.suffix.lower() != ".jsonl" and path.is_file():
@@ -152,13 +150,12 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
         jobs.put(None)
 
 
-def _safety_check(path: Path) -> str | None:
-    """ingest.safety (owned by the hardening work) screens untrusted files before any parser sees them."""
-    try:
-        from ingest.safety import check_file
-    except ImportError:
-        return None
-    return check_file(path)
+def _safety_check(path: Path, config: IngestConfig) -> str | None:
+    """ingest.safety screens untrusted files (size, type vs content, encoding, zip bombs, encrypted or
+    corrupt PDFs...) before any parser sees them; limits: config.max_file_bytes, then LORACLE_* vars."""
+    from ingest.safety import SafetyLimits, check_file
+
+    return check_file(path, SafetyLimits.from_env(config))
 
 
 def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: dict, report: IngestReport,

@@ -318,8 +318,10 @@ def check_filename(name: str, limits: SafetyLimits | None = None) -> str | None:
 
 
 def safe_upload_name(original: str, data: bytes, limits: SafetyLimits | None = None) -> tuple[str, str]:
-    """(stored_name, display_name) for an upload. The stored name is generated, `<slug>-<sha256[:10]><ext>`
-    with only [a-z0-9-] in the slug; the display name is the checked original, kept only as metadata."""
+    """(stored_name, display_name) for an upload. The stored name is rebuilt from a whitelist: the stem
+    folded to ASCII with anything but [A-Za-z0-9._-] turned into '-' (so `notes.txt` stays `notes.txt`,
+    its doc id stays `notes` and a changed re-upload replaces it), `upload-<sha256[:10]>` when nothing
+    is left; the extension lower-cased. The display name is the checked original, kept as metadata."""
     import hashlib
 
     reason = check_filename(original, limits)
@@ -327,10 +329,11 @@ def safe_upload_name(original: str, data: bytes, limits: SafetyLimits | None = N
         raise UnsafeInput(reason)
     display = unicodedata.normalize("NFC", original.strip())
     stem, ext = os.path.splitext(display)
-    slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode().lower())
-    slug = slug.strip("-")[:60].strip("-") or "upload"
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_stem).strip("-._")[:100].strip("-._")
+    slug = slug or f"upload-{hashlib.sha256(data).hexdigest()[:10]}"
     ext = ext.lower() if re.fullmatch(r"\.[a-z0-9]{1,10}", ext.lower()) else ""
-    return f"{slug}-{hashlib.sha256(data).hexdigest()[:10]}{ext}", display
+    return f"{slug}{ext}", display
 
 
 # --- questions -------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ class StagedUploads:
 
 
 def stage_uploads(files, folder: str | os.PathLike, limits: SafetyLimits | None = None) -> StagedUploads:
-    """Write uploaded `(name, bytes)` pairs into `folder` under generated safe names, refusing (with a
+    """Write uploaded `(name, bytes)` pairs into `folder` (a fresh temp folder) under safe names, refusing (with a
     reason, and without writing) the ones whose name, size or content is not acceptable. The UI calls
     this, then `ingest.pipeline.ingest_paths(staged.paths, ...)`."""
     limits = limits or SafetyLimits.from_env()
@@ -389,8 +392,9 @@ def stage_uploads(files, folder: str | os.PathLike, limits: SafetyLimits | None 
                                     f"(IngestConfig.max_file_bytes / LORACLE_MAX_FILE_BYTES)"))
             continue
         path = folder / stored
-        if str(path) in staged.shown:
-            staged.rejected.append((shown, f"'{shown}' was uploaded twice with the same content; it is added once"))
+        if path.exists():
+            staged.rejected.append((shown, f"'{shown}' is a second file stored as '{stored}' in this upload; only "
+                                    f"the first is added; rename one and upload it again"))
             continue
         path.write_bytes(data)
         reason = check_file(path, limits, name=shown)

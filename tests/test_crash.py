@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,12 +44,24 @@ def _serve(kind: str, arg: str) -> None:
         def work(folder: str) -> int:
             return 3 if ingest_paths([folder], index=arg).rejected else 0
     else:
+        import peft  # noqa: F401 - imported, not run: a parent that ran training has helper threads
+        import tqdm  # (tqdm's monitor, torch's pool) whose locks a forked child could inherit held
+
         from app.train import TrainConfig, train
 
+        tqdm.tqdm.monitor_interval = 0
         config = TrainConfig(**json.loads(arg))
-        train(config)  # the first version, uninterrupted; also warms every import
 
-        def work(_: str) -> int:
+        def work(mode: str) -> int:
+            if mode == "slow":  # widen the save/install window (each rename waits) so random kills land in it
+                real_replace = os.replace
+
+                def slow_replace(src, dst):
+                    time.sleep(0.1)
+                    real_replace(src, dst)
+                    time.sleep(0.1)
+
+                os.replace = slow_replace
             train(config)
             return 0
     print("ready", flush=True)
@@ -84,12 +97,14 @@ class Server:
             raise RuntimeError(f"fork server died (rc {self.proc.poll()})")
         return line
 
-    def run(self, batch: Path | str = "-", kill_after: float | None = None) -> tuple[bool, float]:
-        """Run one ingest; SIGKILL it after `kill_after` s. Returns (was killed mid-run, seconds)."""
+    def run(self, batch: Path | str = "-", kill_after: float | None = None, limit_s: float = 120) -> tuple[bool, float]:
+        """Run one job; SIGKILL it after `kill_after` s. Returns (was killed mid-run, seconds)."""
         self.proc.stdin.write(f"run {batch}\n")
         self.proc.stdin.flush()
         pid = int(self._line().split()[1])
         t0 = time.perf_counter()
+        timer = threading.Timer(limit_s, os.kill, (pid, signal.SIGKILL))  # a hung child fails the test, not CI
+        timer.start()
         if kill_after is not None:
             time.sleep(kill_after)
             try:
@@ -97,6 +112,8 @@ class Server:
             except ProcessLookupError:  # it finished and was reaped already
                 pass
         status = int(self._line().split()[1])
+        timer.cancel()
+        assert time.perf_counter() - t0 < limit_s, f"run {batch} hung for {limit_s}s and was killed"
         elapsed = time.perf_counter() - t0
         if os.WIFSIGNALED(status):
             assert os.WTERMSIG(status) == signal.SIGKILL
@@ -233,14 +250,15 @@ def test_sigkill_during_training_never_leaves_a_half_adapter(tiny_model_dir, sha
               "limit": 5, "adapters_dir": str(root), "threads": 1}
     server = Server("train", json.dumps(config))
     try:
+        server.run()
         assert _check_registry(root, "crashy") == 1
-        _, clean_s = server.run()
+        _, clean_s = server.run("slow")
         version = _check_registry(root, "crashy")
         assert version == 2
         kills = late = 0
         for i in range(TRAIN_KILLS):
-            at = rng.uniform(0.75, 1.02)  # training writes nothing before its end: save, install
-            killed, _ = server.run(kill_after=at * clean_s)
+            at = rng.uniform(0.6, 1.0)  # training writes nothing before its end: save, install
+            killed, _ = server.run("slow", kill_after=at * clean_s)
             kills += killed
             late += killed and any(p.name.startswith(".") for p in root.iterdir())  # died while saving/installing
             now = _check_registry(root, "crashy")

@@ -97,7 +97,7 @@ def test_good_files_in_a_hostile_batch_still_go_in(corpus, base_index, tmp_path)
     files = [(c["upload_name"], (out / c["file"]).read_bytes()) for c in cases[:20]]
     files.insert(7, ("Clinic notes (v2).txt", b"Cold chain storage of vaccines.\n" * 20))
     staged = stage_uploads(files, tmp_path / "staged")
-    assert len(staged.paths) == 1 and staged.paths[0].name.startswith("clinic-notes-v2-")
+    assert len(staged.paths) == 1 and staged.paths[0].name == "Clinic-notes-v2.txt"
     assert staged.shown[str(staged.paths[0])] == "Clinic notes (v2).txt"
     report = ingest_paths(staged.paths, index=index)
     assert len(report.added) == 1 and not report.rejected
@@ -136,3 +136,15 @@ def test_cli_refuses_every_case_and_leaves_the_index_unchanged(corpus, base_inde
         assert hits, f"no refusal line for {case['file']} (expected '{case['expect']}'):\n" + text[-3000:]
     assert snapshot(base_index) == before
     assert json.loads((base_index / "manifest.json").read_text())["counts"]["documents"] == 4
+
+
+def test_size_limit_follows_the_config_then_the_environment(tmp_path, monkeypatch):
+    from ingest.config import IngestConfig
+    from ingest.pipeline import ingest_paths
+
+    f = tmp_path / "notes.txt"
+    f.write_text("Vaccines must be kept cold.\n" * 80)  # 2,240 bytes
+    report = ingest_paths([f], index=tmp_path / "a", config=IngestConfig(max_file_bytes=1000))
+    assert report.added == [] and "over the 1,000 bytes limit" in report.rejected[0][1]
+    monkeypatch.setenv("LORACLE_MAX_FILE_BYTES", "10000")  # the environment overrides the config
+    assert ingest_paths([f], index=tmp_path / "b", config=IngestConfig(max_file_bytes=1000)).added == ["notes"]

@@ -61,3 +61,46 @@ def test_eight_clients_one_engine_while_ingesting(tiny_model_dir, shared_data, t
         assert len(ix.documents()) == 4 + result.ingested
     finally:
         ix.close()
+
+
+def test_readers_opening_the_index_never_make_an_ingest_fail(tmp_path):
+    """A reader that opens the index just as a writer commits may repair it under the lock; the next
+    writer must wait for that (milliseconds) instead of failing with IndexLockedError."""
+    import threading
+    import time
+
+    from ingest.index import Index
+    from ingest.pipeline import ingest_paths
+
+    (tmp_path / "d0").mkdir()
+    (tmp_path / "d0" / "first.txt").write_text("First document.\n" * 20)
+    ingest_paths([tmp_path / "d0"], index=tmp_path / "ix")
+    done = threading.Event()
+    opens = []
+
+    def reader():
+        while not done.is_set():
+            Index.open(tmp_path / "ix").close()
+            opens.append(1)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    errors, t0 = [], time.perf_counter()
+    try:
+        for i in range(1, 41):
+            (tmp_path / f"d{i}").mkdir()
+            (tmp_path / f"d{i}" / f"doc{i}.txt").write_text(f"Document number {i}.\n" * 10)
+            try:
+                ingest_paths([tmp_path / f"d{i}"], index=tmp_path / "ix")
+            except Exception as exc:  # noqa: BLE001 - counted
+                errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        done.set()
+        thread.join()
+    print(f"\n40 ingests in {time.perf_counter() - t0:.1f}s beside {len(opens)} concurrent opens")
+    assert errors == [] and len(opens) > 40
+    ix = Index.open(tmp_path / "ix")
+    try:
+        assert len(ix.documents()) == 41
+    finally:
+        ix.close()

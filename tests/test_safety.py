@@ -114,10 +114,11 @@ def test_sniff():
 
 def test_safe_upload_name():
     stored, shown = safe_upload_name("Résumé of trial (final).PDF", b"data")
-    assert stored.startswith("resume-of-trial-final-") and stored.endswith(".pdf")
-    assert shown == "Résumé of trial (final).PDF"
-    assert safe_upload_name("x.txt", b"a")[0] != safe_upload_name("x.txt", b"b")[0]
+    assert stored == "Resume-of-trial-final.pdf" and shown == "Résumé of trial (final).PDF"
+    assert safe_upload_name("pubmed-123_v2.txt", b"a")[0] == "pubmed-123_v2.txt"  # same doc id as from the CLI
+    assert safe_upload_name(".bashrc.txt", b"a")[0] == "bashrc.txt"  # no hidden files
     assert safe_upload_name("名前.txt", b"a")[0].startswith("upload-")
+    assert safe_upload_name("名前.txt", b"a")[0] != safe_upload_name("名前.txt", b"b")[0]
     for bad in ("../../x.txt", "a\x00.txt", "a" * 300 + ".txt", "", "a\u202e.txt"):
         with pytest.raises(UnsafeInput):
             safe_upload_name(bad, b"a")

@@ -83,26 +83,27 @@ def run_ingest(paths: list[Path], index_name: str, tmp: Path):
 def show_report(report) -> None:
     st.success(f"Added {len(report.added)} document(s), {report.chunks_added} chunk(s); "
                f"skipped {len(report.skipped)} unchanged.")
-    if report.rejected:
-        st.error(f"{len(report.rejected)} file(s) rejected:")
+    names = st.session_state.get("upload_names", {})  # stored path -> the name the user uploaded
+    rejected = st.session_state.get("upload_refused", []) + [
+        (names.get(path, Path(path).name), reason) for path, reason in report.rejected]
+    if rejected:
+        st.error(f"{len(rejected)} file(s) rejected:")
         import pandas as pd
 
-        st.dataframe(pd.DataFrame(report.rejected, columns=["file", "reason"]), hide_index=True,
-                     width="stretch")
+        st.dataframe(pd.DataFrame(rejected, columns=["file", "reason"]), hide_index=True, width="stretch")
 
 
 uploads = st.file_uploader("Add files", accept_multiple_files=True, key="uploads",
                            help="Drag and drop several files. Unchanged files are skipped; changed ones replaced.")
 if st.button("Add to index", type="primary", key="add_docs", disabled=not uploads):
     with state.friendly_errors("Uploading"):
+        from ingest.safety import stage_uploads
+
         tmp = Path(tempfile.mkdtemp(prefix="loracle-upload-"))
-        paths = []
-        for f in uploads:
-            name = Path(f.name).name or "upload"
-            target = tmp / name
-            target.write_bytes(f.getvalue())
-            paths.append(target)
-        st.session_state["ingest_job"] = run_ingest(paths, index, tmp).id
+        # safe stored names; bad names, sizes and contents are refused before anything is written
+        staged = stage_uploads(((f.name, f.getvalue()) for f in uploads), tmp)
+        st.session_state["upload_refused"], st.session_state["upload_names"] = staged.rejected, staged.shown
+        st.session_state["ingest_job"] = run_ingest(staged.paths, index, tmp).id
 
 job_id = st.session_state.get("ingest_job")
 active = state.active_job("ingest")
