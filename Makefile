@@ -29,7 +29,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ingest.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/recall.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/engine.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/load.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -204,7 +204,7 @@ def _engine_commands(sub: argparse._SubParsersAction) -> None:
         if rag_flag:
             p.add_argument("--rag", action="store_true", help="retrieve passages and cite them")
         p.add_argument("--index", default=None, help="index name or folder for retrieval (default: pubmedqa)")
-        p.add_argument("-k", type=int, default=None, help="passages to retrieve (default 5)")
+        p.add_argument("-k", type=int, default=None, help="passages to retrieve (default 3, as the shipped adapter was trained)")
         p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default 128)")
         p.add_argument("--base-model", default=None, help="base model spec: smollm2-135m-instruct (default), "
                        "gemma3-270m, a local model folder or a hub id")
@@ -381,7 +381,7 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
                    "lora,lora+rag when --compare evaluates adapters)")
     p.add_argument("--adapter", default=None, help="adapter NAME, NAME@vN or folder (default: medical-pubmedqa)")
     p.add_argument("--index", default=None, help="index name or folder for rag modes (default: pubmedqa)")
-    p.add_argument("-k", type=int, default=5, help="passages retrieved per question (default 5)")
+    p.add_argument("-k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--out", default=None, help="output folder (default runs/eval-<UTC time>)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation budget per answer (default 48)")

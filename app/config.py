@@ -32,7 +32,7 @@ class EngineConfig:
     adapters: tuple[str, ...] | None = None
     default_adapter: str = DEFAULT_ADAPTER  # used by compare() and the UI when no adapter is named
     index: str = DEFAULT_INDEX
-    k: int = 5
+    k: int = 3  # the shipped adapter was trained retrieval-aware with k=3 (see adapters/medical-pubmedqa)
     hybrid: bool = False
     max_new_tokens: int = 128
     template: str | None = None  # None -> "cited" with passages, "plain" without (app.prompts.TEMPLATES)

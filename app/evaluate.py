@@ -52,7 +52,7 @@ class EvalConfig:
     modes: tuple[str, ...] = MODES
     adapter: str | None = None  # registry name, "name@vN", or folder; None -> the engine's default adapter
     index: str | None = None  # None -> the engine's index (pubmedqa)
-    k: int = 5
+    k: int = 3
     out: str | None = None  # None -> runs/eval-<UTC time>
     limit: int | None = None
     max_new_tokens: int = 48  # enough for a decision and a sentence
@@ -151,7 +151,7 @@ def _row(item: QAItem, mode: str, answer, k: int) -> dict[str, Any]:
 
 
 def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adapter: str | None = None,
-             index: str | None = None, k: int = 5, progress: Callable[[int, int], None] | None = None, *,
+             index: str | None = None, k: int = 3, progress: Callable[[int, int], None] | None = None, *,
              max_new_tokens: int | None = None, questions_per_batch: int = 1, split_by_retrieval: bool = True,
              judge=None, n_resamples: int = 1000, seed: int = 0, data_path: str | None = None) -> EvalResult:
     """Run every item in every mode through `engine.answer_batch`; `progress(done, total)` after each batch.

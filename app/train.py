@@ -48,7 +48,7 @@ class TrainConfig:
     gold_fraction: float = 0.8  # of the examples with passages, how many include the gold document
     no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
     k: int = 3
-    passage_chars: int = 700  # characters kept per passage in training prompts
+    passage_chars: int = prompts.PASSAGE_CHARS  # characters kept per passage in training prompts
     seed: int = 0
     limit: int | None = None  # use only the first N items of the data file
     parent: str | None = None  # adapter to continue training from (name in the registry)

@@ -1,8 +1,8 @@
 """Every generated hostile file/name goes through the UI upload path and the CLI: each gets a clear
 one-line refusal, nothing crashes, and the existing index is byte-for-byte unchanged.
 
-UI upload path = what the Documents page does: `ingest.safety.stage_uploads` (generated safe names,
-checks) then `ingest.pipeline.ingest_paths` on what was staged.
+UI upload path: the Documents page itself (Streamlit AppTest), and the two calls it makes,
+`ingest.safety.stage_uploads` (safe stored names, checks) then `ingest.pipeline.ingest_paths`.
 """
 from __future__ import annotations
 
@@ -148,3 +148,39 @@ def test_size_limit_follows_the_config_then_the_environment(tmp_path, monkeypatc
     assert report.added == [] and "over the 1,000 bytes limit" in report.rejected[0][1]
     monkeypatch.setenv("LORACLE_MAX_FILE_BYTES", "10000")  # the environment overrides the config
     assert ingest_paths([f], index=tmp_path / "b", config=IngestConfig(max_file_bytes=1000)).added == ["notes"]
+
+
+def test_documents_page_refuses_every_uploaded_case(corpus, tiny_model_dir, tmp_path, monkeypatch):
+    """The real Streamlit page (AppTest): all hostile uploads in one go; one row per file with its
+    reason, no exception, the index unchanged."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from ingest.safety import _NAME_BAD
+    from tests.ui_setup import INDEX, build_ui_home
+
+    out, cases = corpus
+    for key, value in build_ui_home(tiny_model_dir, tmp_path / "ui").items():
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    index = Path(os.environ["LORACLE_INDEXES"]) / INDEX
+    before = snapshot(index)
+    uploads = [c for c in cases if c.get("upload", True)]
+    at = AppTest.from_file(str(REPO / "app" / "ui" / "pages" / "3_Documents.py"), default_timeout=120)
+    at.run()
+    at.file_uploader(key="uploads").set_value(
+        [(c["upload_name"], (out / c["file"]).read_bytes(), "application/octet-stream") for c in uploads])
+    at.run()
+    at.button(key="add_docs").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.error and f"{len(uploads)} file(s) rejected" in at.error[0].value
+    table = at.dataframe[0].value
+    rows = list(zip(table["file"], table["reason"]))
+    for case in uploads:
+        name = case["upload_name"]
+        shown = repr(name) if _NAME_BAD.search(name) else name
+        hits = [r for f, r in rows if f == shown and case["expect"].lower() in r.lower() and _one_line(r)]
+        assert hits, (case, [r for f, r in rows if f == shown])
+    assert snapshot(index) == before
+    st.cache_resource.clear()

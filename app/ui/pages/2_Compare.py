@@ -21,7 +21,7 @@ with c1:
 with c2:
     index = state.index_picker("cmp_index", label="Index for the RAG modes")
 with c3:
-    k = st.number_input("k", min_value=1, max_value=20, value=5, key="cmp_k")
+    k = st.number_input("k", min_value=1, max_value=20, value=3, key="cmp_k")
 
 with st.form("cmp_form"):
     question = st.text_area("Question", key="cmp_question", height=80)
