@@ -453,6 +453,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _ui_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ui", help="start the web UI (Streamlit) and print its local URL")
     p.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--index", default=None, help="index preselected for retrieval (default: pubmedqa)")
     p.add_argument("--no-build", action="store_true", help="do not build the default index when it is missing")
     p.set_defaults(func=_run_ui)
@@ -473,9 +475,14 @@ def _run_ui(args: argparse.Namespace) -> int:
     if args.index:
         env["LORACLE_INDEX"] = args.index
     home = Path(__file__).resolve().parent / "ui" / "Home.py"
+    from ingest.safety import SafetyLimits
+
+    upload_mb = max(1, -(-SafetyLimits.from_env().max_file_bytes // (1024 * 1024)))  # the ingest size limit, rounded up
     cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.headless=true",
-           f"--server.port={args.port}", "--browser.gatherUsageStats=false", "--client.toolbarMode=viewer"]
-    print(f"Loracle UI: http://localhost:{args.port}  (Ctrl+C to stop)", flush=True)
+           f"--server.port={args.port}", f"--server.address={args.host}", f"--server.maxUploadSize={upload_mb}",
+           "--browser.gatherUsageStats=false", "--client.toolbarMode=viewer"]
+    shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+    print(f"Loracle UI: http://{shown}:{args.port}  (Ctrl+C to stop)", flush=True)
     os.execve(sys.executable, cmd, env)  # streamlit takes over this process: signals reach it directly
     return 0
 

@@ -62,6 +62,7 @@ def test_home_shows_status_and_links(ui_env):
 
 
 def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
+    from app.config import EngineConfig
     from app.ui.state import get_engine
 
     at = page("pages/1_Ask.py")
@@ -76,7 +77,7 @@ def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
     a = ask(at, "Does aspirin reduce the risk of heart attack?", ADAPTER, False)
     assert (a.mode, a.adapter) == ("lora", f"{ADAPTER}@v1")
     a = ask(at, "Is vitamin D useful in the elderly?", "off", True)
-    assert a.mode == "rag" and a.adapter is None and len(a.passages) == 5
+    assert a.mode == "rag" and a.adapter is None and len(a.passages) == EngineConfig().k  # the default k
     at.number_input(key="ask_k").set_value(2)
     a = ask(at, "Is vitamin D useful in the elderly?", ADAPTER, True)
     assert a.mode == "lora+rag" and len(a.passages) == 2

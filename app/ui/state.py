@@ -6,6 +6,7 @@ adapter or retrieval is a per-request argument to the engine, never a reload.
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -108,6 +109,14 @@ def index_picker(key: str, label: str = "Index") -> str | None:
         return None
     preferred = engine_config().index
     return st.selectbox(label, names, index=names.index(preferred) if preferred in names else 0, key=key)
+
+
+def md_escape(text: str) -> str:
+    """Model output and user text shown through st.markdown as text: no links, images or markup.
+
+    (st.markdown already refuses raw HTML; a Markdown image in a poisoned answer would still make
+    the browser fetch a URL.)"""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def passage_view(passages: list[Any], cited: set[int] | None = None) -> None:

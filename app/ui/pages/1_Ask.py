@@ -39,7 +39,7 @@ def ask(question: str):
         for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
                                   k=int(k), index=index):
             if isinstance(item, str):
-                yield item
+                yield state.md_escape(item)
             else:
                 answer_box["answer"] = item
 
@@ -68,7 +68,7 @@ if submitted:
 def answer_details(answer, n: int, show_text: bool) -> None:
     if show_text:
         with st.chat_message("assistant"):
-            st.markdown(answer.text)
+            st.markdown(state.md_escape(answer.text))
     st.caption(f"mode **{answer.mode}** · adapter {answer.adapter or 'off'} · {state.timings_line(answer.timings)}")
     invalid = [c.number for c in answer.citations if not c.valid]
     if invalid:
@@ -82,7 +82,7 @@ def answer_details(answer, n: int, show_text: bool) -> None:
 if history:
     latest = len(history) - 1
     if just_answered is None:
-        st.markdown(f"**Q:** {history[latest].question}")
+        st.markdown(f"**Q:** {state.md_escape(history[latest].question)}")
     answer_details(history[latest], latest, show_text=just_answered is None)
     if len(history) > 1:
         st.divider()
@@ -90,7 +90,7 @@ if history:
         for n in range(latest - 1, -1, -1):
             a = history[n]
             with st.expander(f"{n + 1}. [{a.mode}] {a.question[:90]}"):
-                st.markdown(a.text)
+                st.markdown(state.md_escape(a.text))
                 st.caption(f"adapter {a.adapter or 'off'} · {state.timings_line(a.timings)}")
                 if a.passages:
                     st.caption("passages: " + ", ".join(f"[{p.rank}] {p.chunk.doc_id}" for p in a.passages))

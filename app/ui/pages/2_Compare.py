@@ -49,7 +49,7 @@ if comparison:
     from app.prompts import parse_decision
 
     answers = comparison["answers"]
-    st.markdown(f"**Q:** {comparison['question']}")
+    st.markdown(f"**Q:** {state.md_escape(comparison['question'])}")
     st.caption(f"all four modes in {comparison['wall_s']:.1f} s")
     rows = []
     for mode in MODES:
@@ -71,7 +71,7 @@ if comparison:
             if a is None:
                 st.info("not produced")
                 continue
-            st.markdown(a.text or "_(empty answer)_")
+            st.markdown(state.md_escape(a.text) if a.text else "_(empty answer)_")
             st.caption(f"{len(a.text.split())} words · decision {parse_decision(a.text) or '-'} · {state.timings_line(a.timings)}")
             if a.passages:
                 state.passage_view(a.passages, {c.number for c in a.citations if c.valid})

@@ -134,7 +134,7 @@ if result is not None:
     ids = list(dict.fromkeys(rows["id"]))
     qid = st.selectbox("Drill down into a question", ids, key="eval_drill")
     picked = rows[rows["id"] == qid]
-    st.markdown(f"**Q:** {picked.iloc[0]['question']}  \n**gold:** {picked.iloc[0]['gold'] or '-'} · "
+    st.markdown(f"**Q:** {state.md_escape(picked.iloc[0]['question'])}  \n**gold:** {picked.iloc[0]['gold'] or '-'} · "
                 f"gold document: {picked.iloc[0]['context_doc_id'] or '-'}")
     grid = st.columns(2)
     for i, (_, r) in enumerate(picked.iterrows()):
@@ -142,6 +142,6 @@ if result is not None:
             ok = {True: "· correct", False: "· wrong"}.get(r["correct"], "")
             decision = r["decision"] if isinstance(r["decision"], str) else "-"
             st.markdown(f"**{r['mode']}** · decision {decision} {ok}")
-            st.markdown(r["answer"] or "_(empty)_")
+            st.markdown(state.md_escape(r["answer"]) if r["answer"] else "_(empty)_")
             hit = {True: "gold retrieved", False: "gold missed"}.get(r["retrieval_hit"], "")
             st.caption(f"{r['latency_s']:.2f} s · passages: {', '.join(r['retrieved_doc_ids']) or '-'} {hit}")
