@@ -297,3 +297,14 @@ def test_empty_index_and_foreign_adapter_are_explained(ui_env, tmp_path):
         assert "foreign" not in get_engine().loaded_adapters()
     finally:
         registry.remove("foreign")
+
+
+def test_model_output_is_shown_as_inert_text():
+    import re
+
+    from app.ui.state import md_escape
+
+    poisoned = "Yes. ![t](http://attacker.example/x.png) see [here](http://x) <img src=x> **bold**"
+    shown = md_escape(poisoned)
+    assert not re.search(r"(?<!\\)!(?<!\\)\[", shown) and not re.search(r"(?<!\\)\]\(", shown)
+    assert re.sub(r"\\(.)", r"\1", shown) == poisoned  # nothing lost: unescaping gives the text back
