@@ -246,9 +246,9 @@ def main() -> int:
         if (index_path("pubmedqa") / "manifest.json").is_file():
             shutil.copytree(index_path("pubmedqa"), index, ignore=shutil.ignore_patterns(".lock"))
         else:
-            ingest_paths([REPO.parent / "shared" / "data" / "sample" / "docs"], index=index)
+            ingest_paths([REPO / "tests" / "data" / "sample" / "docs"], index=index)
         texts = [json.loads(line)["text"][:800] for line in
-                 open(REPO.parent / "shared" / "data" / "pubmedqa" / "corpus.jsonl")][:200]
+                 open(REPO / "data" / "pubmedqa" / "corpus.jsonl")][:200]
         engine = Engine(EngineConfig(adapters_dir=str(root), adapters=tuple(names), index=str(index),
                                      max_new_tokens=args.max_new_tokens))
         engine.answer(QUESTIONS[0], retrieval=True, max_new_tokens=2)  # warm up retrieval and generation

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "pubmedqa" / "corpus.jsonl"
+CORPUS = REPO / "data" / "pubmedqa" / "corpus.jsonl"  # the corpus the repository ships
 MIN_KILLS = 20
 PER_BATCH = 4
 
