@@ -73,22 +73,15 @@ class TrainResult:
 
 
 def load_items(path) -> list[dict]:
-    """QA JSONL rows; every row needs a question and a long_answer or final_decision."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"training data {path} does not exist; pass --data PATH to a QA JSONL file")
+    """QA JSONL rows (read by app.evaluate.load_questions); training also needs a long_answer or final_decision."""
+    from app.evaluate import load_questions
+
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # not splitlines: U+2028 is data
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n} is not valid JSON ({exc})") from None
-        if not isinstance(row, dict) or not row.get("question") or not (row.get("long_answer") or row.get("final_decision")):
-            raise ValueError(f"{path}:{n} needs 'question' and 'long_answer' or 'final_decision' (QA JSONL format)")
-        row.setdefault("id", f"line-{n}")
-        items.append(row)
+    for item in load_questions(path):
+        if not (item.long_answer or item.final_decision):
+            raise ValueError(f"{path}: item '{item.id}' has neither 'long_answer' nor 'final_decision' to train on "
+                             "(QA JSONL format)")
+        items.append(asdict(item))
     if not items:
         raise ValueError(f"training data {path} holds no QA items")
     return items

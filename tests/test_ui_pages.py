@@ -232,7 +232,7 @@ def test_adapters_training_error_shows_a_message(ui_env):
     at.file_uploader(key="train_upload").set_value(("qa.jsonl", b"{not json\n", "application/json"))
     next(b for b in at.button if b.label == "Train").click()
     at.run()
-    assert at.error and "line 1 is not valid JSON" in at.error[0].value
+    assert at.error and "qa.jsonl, line 1: not valid JSON" in at.error[0].value
 
 
 def test_evaluate_uploaded_set_gives_per_mode_results_and_downloads(ui_env):

@@ -130,15 +130,23 @@ def bundled_train_set() -> Path | None:
     return path if path.exists() else None
 
 
-def start_training(cfg_kwargs: dict, data_bytes: bytes | None):
+def staged_training_file(upload) -> str:
+    """The upload written to a temp file and checked with the trainer's own reader (errors name the upload)."""
+    from app.train import load_items
+
+    path = Path(tempfile.mkdtemp(prefix="loracle-train-")) / "train.jsonl"
+    path.write_bytes(upload.getvalue())
+    try:
+        load_items(path)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(str(path), upload.name)) from None
+    return str(path)
+
+
+def start_training(cfg_kwargs: dict):
     def job(report):
         from app.train import TrainConfig, train
 
-        tmp = None
-        if data_bytes is not None:
-            tmp = Path(tempfile.mkdtemp(prefix="loracle-train-"))
-            (tmp / "train.jsonl").write_bytes(data_bytes)
-            cfg_kwargs["data"] = str(tmp / "train.jsonl")
         report(0.0, "preparing")
         info = train(TrainConfig(**cfg_kwargs),
                      progress=lambda step, total, loss: report.steps(step, total, f"step {step}/{total} · loss {loss:.3f}",
@@ -154,19 +162,12 @@ if submitted:
 
         check_name(name)
         retrieval_aware = source.startswith("Retrieval")
-        data = upload.getvalue() if upload is not None else None
-        bundled = bundled_train_set()
-        if data is None and bundled is None:
+        data = staged_training_file(upload) if upload is not None else bundled_train_set()
+        if data is None:
             raise ValueError("upload a QA JSONL file with the questions and answers to train on")
-        for n, line in enumerate((data or b"").decode("utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{upload.name} line {n} is not valid JSON ({exc.msg})") from None
         if retrieval_aware and index is None:
             raise ValueError("retrieval-aware training needs an index; create one on the Documents page")
-        cfg = {"data": str(bundled), "name": name, "epochs": int(epochs), "rank": int(rank), "retrieval_aware": retrieval_aware}
+        cfg = {"data": str(data), "name": name, "epochs": int(epochs), "rank": int(rank), "retrieval_aware": retrieval_aware}
         if limit:
             cfg["limit"] = int(limit)
         if retrieval_aware:
@@ -174,7 +175,7 @@ if submitted:
         base = state.engine_config().base_model
         if base:
             cfg["base_model"] = base
-        st.session_state["train_job"] = start_training(cfg, data).id
+        st.session_state["train_job"] = start_training(cfg).id
 
 job_id = st.session_state.get("train_job")
 other = state.active_job("train")
