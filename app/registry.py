@@ -16,6 +16,7 @@ import re
 import shutil
 import struct
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ CARD_FORMAT = 1
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TRASH = ".trash-"
+# staging folders of installs (".staging-") and trainings (".train-") live seconds; older ones are a killed run's
+_LEFTOVERS, _LEFTOVER_AGE_S = (".staging-", ".train-"), 3600
 
 
 @dataclass
@@ -121,6 +124,9 @@ def _recover(root: Path) -> None:
             os.replace(trash, root / name)
         else:
             shutil.rmtree(trash, ignore_errors=True)
+    for leftover in (p for prefix in _LEFTOVERS for p in root.glob(f"{prefix}*")):
+        if time.time() - leftover.stat().st_mtime > _LEFTOVER_AGE_S:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def scan(root=None) -> tuple[list[AdapterInfo], list[tuple[Path, str]]]:

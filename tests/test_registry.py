@@ -153,3 +153,19 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     assert main(["adapters", "remove", "med", "--yes", "--root", str(root)]) == 0
     assert not (root / "med").exists()
     assert main(["adapters", "show", "med", "--root", str(root)]) == 2
+
+
+def test_leftovers_of_killed_runs_are_cleaned_once_stale(tmp_path):
+    import os
+    import time
+
+    from app import registry
+
+    old, fresh = tmp_path / ".train-x.abc", tmp_path / ".staging-y.def"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert registry.list_adapters(tmp_path) == []
+    assert not old.exists() and fresh.exists()  # a fresh one may belong to an install in progress
