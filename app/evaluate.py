@@ -11,7 +11,6 @@ around `run_eval` / `run_compare`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from app import metrics
 from app.eval_report import compare_markdown, plot_summary, summary_markdown
+from app.models import sha256_file
 from app.prompts import parse_decision
 from app.types import MODES
 
@@ -198,7 +198,7 @@ def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adap
     settings = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(data_path) if data_path else None,
-        "data_sha256": _sha256(data_path) if data_path and Path(data_path).is_file() else None,
+        "data_sha256": sha256_file(Path(data_path)) if data_path and Path(data_path).is_file() else None,
         "n_items": len(items),
         "modes": modes,
         "adapter": next((r["adapter"] for r in rows if r["adapter"]), adapter),
@@ -223,10 +223,6 @@ def summarize(rows: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
     modes = settings.get("modes") or list(dict.fromkeys(r["mode"] for r in rows))
     per_mode = {m: metrics.mode_metrics([r for r in rows if r["mode"] == m], k, n, seed) for m in modes}
     return {**settings, "metrics": per_mode, "differences": metrics.mode_differences(rows, modes, n, seed)}
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -347,7 +343,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     kept, prev = [], None
     if cfg.resume and (out_dir / RESULTS_FILE).is_file():
         prev = load_results(out_dir)
-        for key, want in (("data_sha256", _sha256(cfg.data)), ("k", cfg.k), ("max_new_tokens", cfg.max_new_tokens)):
+        for key, want in (("data_sha256", sha256_file(Path(cfg.data))), ("k", cfg.k), ("max_new_tokens", cfg.max_new_tokens)):
             if prev.summary.get(key) not in (None, want):
                 raise ValueError(f"cannot resume {out_dir}: it was run with {key}={prev.summary[key]!r}, "
                                  f"this run has {want!r}; use another --out")
