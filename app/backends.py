@@ -24,6 +24,9 @@ class GenItem:
     messages: list[dict]
     adapter: str | None  # backend adapter name; None -> base model
     max_new_tokens: int
+    # score yes/no/maybe at the first position and open with the best: the calibration offsets ({} for none);
+    # None: free generation
+    decide: dict[str, float] | None = None
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Generation:
     text: str
     prompt_tokens: int
     new_tokens: int
+    option_logprobs: dict[str, float] | None = None  # yes/no/maybe log-probs at the first position (scored rows)
 
 
 class LocalBackend:
@@ -54,6 +58,7 @@ class LocalBackend:
         gen_eos = getattr(self.base_model.generation_config, "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos = sorted(i for i in ids if i is not None)
+        self._option_ids: dict[str, int] | None = None
 
     def load_adapter(self, name: str, path: Path, replace: bool = False) -> None:
         from peft import PeftModel
@@ -74,10 +79,26 @@ class LocalBackend:
     def _gen_config(self, max_new_tokens: int):
         from transformers import GenerationConfig
 
+        # the repetition penalty runs as our own processor, after the decision scorer (see _processors)
         return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 **({"min_new_tokens": max_new_tokens} if self.force_length else {}),
-                                repetition_penalty=self.repetition_penalty,
                                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
+
+    def _processors(self, items: list[GenItem]):
+        """Decision scorer first (it must see the model's raw log-probs), then the repetition penalty."""
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        from app.decision import DecisionProcessor, option_ids
+
+        scorer = None
+        if any(i.decide is not None for i in items):
+            if self._option_ids is None:
+                self._option_ids = option_ids(self.tokenizer)
+            scorer = DecisionProcessor(self._option_ids, [i.decide for i in items])
+        procs = LogitsProcessorList([scorer] if scorer else [])
+        if self.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        return procs, scorer
 
     def make_streamer(self):
         from transformers import TextIteratorStreamer
@@ -147,8 +168,9 @@ class LocalBackend:
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         names = [i.adapter for i in items]
+        procs, scorer = self._processors(items)
         kwargs = dict(enc, generation_config=self._gen_config(max(i.max_new_tokens for i in items)),
-                      streamer=streamer)
+                      streamer=streamer, logits_processor=procs)
         with torch.inference_mode():
             t0 = time.perf_counter()
             if prefill_rows:
@@ -175,7 +197,7 @@ class LocalBackend:
                     ids = ids[:j]
                     break
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            rows.append(Generation(text, int(lengths[r]), len(ids)))
+            rows.append(Generation(text, int(lengths[r]), len(ids), scorer.logprobs[r] if scorer else None))
         return rows, seconds
 
 

@@ -17,28 +17,35 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
-from app import prompts, registry
+from app import calibration, prompts, registry
 from app.config import EngineConfig
-from app.types import MODES, Answer, Passage, mode_of
+from app.decision import calls_for_decision, decide
+from app.types import MODES, AdapterRef, Answer, Passage, mode_of
 from ingest.safety import clean_question
 
 
 @dataclass
 class Request:
+    """One question and how to answer it; None means "the adapter's card, else the engine's config"."""
+
     question: str
-    adapter: str | None = None  # registry name or adapter folder; None -> base model
+    adapter: str | AdapterRef | None = None  # registry name, "name@vN", folder, or a resolved AdapterRef
     retrieval: bool = False
     k: int | None = None
     index: str | None = None
     max_new_tokens: int | None = None
+    decide: bool | None = None  # yes/no/maybe decision: None detects it from the question's form
+    scored: bool | None = None  # score the options (True) or generate freely and parse (False); None: config
+    calibrate: bool | None = None  # apply stored calibration offsets; None: config
+    passage_chars: int | None = None
+    examples: list[tuple[str, str]] | None = None  # few-shot (question, answer) turns put before the question
 
 
 @dataclass
 class _Loaded:
-    name: str  # PEFT adapter name (= registry name)
-    label: str  # "name@vN"
-    path: Path
-    version: int
+    ref: AdapterRef
+    settings: dict  # the card's answer_settings (k, passage_chars, template, index)
+    calibration: dict  # mode -> offsets, plus "fitted_on"
 
 
 @dataclass
@@ -49,18 +56,34 @@ class _Prepared:
     messages: list = field(default_factory=list)
     retrieval_s: float = 0.0
     max_new_tokens: int = 0
+    settings: dict = field(default_factory=dict)
+    decide: bool = False
+    offsets: dict | None = None  # None: free generation; {} scored without offsets
+    calibration: str | None = None
+
+
+def _card_field(card, key: str):
+    return card.get(key) if isinstance(card, dict) else getattr(card, key, None)
 
 
 class Engine:
+    """One base model; adapters and retrieval switch per request, nothing is reloaded.
+
+        engine = Engine(EngineConfig.from_env())
+        ans = engine.answer("Do statins reduce stroke risk?", adapter="medical-pubmedqa", retrieval=True)
+        ans.decision.label, ans.decision.probs, ans.text, [c.number for c in ans.citations]
+    """
+
     def __init__(self, config: EngineConfig | None = None):
         from app.backends import make_backend
 
-        self.config = config or EngineConfig()
+        self.config = config or EngineConfig.from_env()
         self.backend = make_backend(self.config)
         self.info = self.backend.info
         self._lock = threading.RLock()
         self._adapters: dict[str, _Loaded] = {}
         self.warnings: list[str] = []
+        self.base_calibration = calibration.load_base(self.root, self.info.name)
         wanted = self.config.adapters
         if wanted is None:
             try:
@@ -89,9 +112,9 @@ class Engine:
     def root(self) -> Path:
         return self.config.adapters_root()
 
-    def _resolve(self, name_or_path: str) -> tuple[str, registry.AdapterInfo]:
-        """(PEFT adapter name, info) for "name", "name@vN" or an adapter folder. The current registry
-        version is loaded under its plain name; other versions and outside folders get their own name."""
+    def resolve(self, name_or_path: str) -> tuple[AdapterRef, registry.AdapterInfo]:
+        """"name", "name@vN" or an adapter folder -> (AdapterRef, registry info). The registry's current
+        version is known to the backend by its plain name; other versions and outside folders get their own."""
         path = Path(name_or_path).expanduser()
         if ("/" in name_or_path or name_or_path.startswith(".")) and path.is_dir():
             info = registry.read_folder(path)
@@ -102,47 +125,87 @@ class Engine:
             info = registry.get(name, self.root, version=int(ver.lstrip("v")))
         else:
             info = registry.get(name_or_path, self.root)
-        info.name = registry.check_name(re.sub(r"[^A-Za-z0-9_-]", "-", info.name)[:64])
-        if info.path.resolve() == (self.root / info.name).resolve():
-            return info.name, info
+        name = registry.check_name(re.sub(r"[^A-Za-z0-9_-]", "-", info.name)[:64])
+        if info.path.resolve() == (self.root / name).resolve():
+            return AdapterRef(name, info.version, info.path, name), info
         digest = hashlib.sha1(str(info.path.resolve()).encode()).hexdigest()[:8]
-        return f"{info.name}__v{info.version}_{digest}", info
+        return AdapterRef(name, info.version, info.path, f"{name}__v{info.version}_{digest}"), info
 
-    def load_adapter(self, name_or_path: str) -> str:
-        """Load an adapter (registry name, "name@vN" or folder) next to the others; returns its PEFT name,
-        which requests may use. An adapter already loaded at its current version is not loaded again."""
-        key, info = self._resolve(name_or_path)
-        registry.check_compatible(info, self.info.name)
-        if getattr(self.backend, "base_model", None) is not None:  # local weights: check shapes before PEFT
-            registry.check_shapes(info, self.backend.base_model, self.info.name)
+    def load_adapter(self, name_or_path: str | AdapterRef) -> AdapterRef:
+        """Load an adapter (registry name, "name@vN", folder or AdapterRef) next to the others; returns its
+        AdapterRef, which requests may use. One already loaded at the same version is not loaded again.
+
+            ref = engine.load_adapter("medical-pubmedqa@v2")
+            engine.answer("Is X safe?", adapter=ref)
+        """
+        if isinstance(name_or_path, AdapterRef):
+            if name_or_path.key in self._adapters:
+                return name_or_path
+            name_or_path = str(name_or_path.path)
+        ref, info = self.resolve(name_or_path)
         with self._lock:
-            have = self._adapters.get(key)
-            if have and have.version == info.version and have.path == info.path:
-                return key
-            self.backend.load_adapter(key, info.path, replace=have is not None)
-            self._adapters[key] = _Loaded(key, info.label, info.path, info.version)
-        return key
+            have = self._adapters.get(ref.key)
+            if have and have.ref == ref:
+                return ref
+            registry.check_compatible(info, self.info.name)
+            if getattr(self.backend, "base_model", None) is not None:  # local weights: check shapes before PEFT
+                registry.check_shapes(info, self.backend.base_model, self.info.name)
+            self.backend.load_adapter(ref.key, info.path, replace=have is not None)
+            self._adapters[ref.key] = _Loaded(ref, dict(_card_field(info.card, "answer_settings") or {}),
+                                              dict(_card_field(info.card, "calibration") or {}))
+        return ref
 
     def loaded_adapters(self) -> list[str]:
+        """Backend names of the loaded adapters (the registry name for a current version)."""
         return list(self._adapters)
 
-    def adapter_label(self, name: str) -> str:
-        return self._adapters[name].label
+    def adapter_ref(self, key: str) -> AdapterRef:
+        return self._adapters[key].ref
 
-    def _adapter_for(self, name: str | None) -> _Loaded | None:
-        if not name:
+    def adapter_settings(self, adapter: str | AdapterRef) -> dict:
+        """The answer-time settings an adapter's card asks for (k, passage_chars, template, index)."""
+        return dict(self._adapters[self.load_adapter(adapter).key].settings)
+
+    def _adapter_for(self, adapter: str | AdapterRef | None) -> _Loaded | None:
+        if not adapter:
             return None
-        if "__v" in name and name in self._adapters:  # a key load_adapter returned for a version/folder
-            return self._adapters[name]
-        return self._adapters[self.load_adapter(name)]  # cheap when loaded at the current version
+        return self._adapters[self.load_adapter(adapter).key]  # cheap when loaded at the current version
 
-    # --- prompts and retrieval ------------------------------------------------------------------
+    # --- settings, prompts and retrieval --------------------------------------------------------
+    def _settings(self, r: Request, adapter: _Loaded | None) -> dict:
+        """k, passage_chars, template, index: the request's, else the adapter card's, else the config's."""
+        card = adapter.settings if adapter else {}
+        out, source = {}, {}
+        for key in ("k", "passage_chars", "template", "index"):
+            asked = getattr(r, key, None)
+            if asked is not None:
+                out[key], source[key] = asked, "request"
+            elif card.get(key) is not None:
+                out[key], source[key] = card[key], f"adapter {adapter.ref.label}"
+            else:
+                out[key], source[key] = getattr(self.config, key), "engine config"
+        return {**out, "source": source}
+
+    def _decision_plan(self, p: _Prepared) -> None:
+        r, cfg = p.request, self.config
+        p.decide = calls_for_decision(r.question) if r.decide is None else bool(r.decide)
+        scored = cfg.decisions if r.scored is None else r.scored
+        if not (p.decide and scored and self.backend.kind == "local"):
+            p.offsets = None
+            return
+        use = cfg.calibrate if r.calibrate is None else r.calibrate
+        mode = mode_of(p.adapter.ref.key if p.adapter else None, r.retrieval)
+        table = (p.adapter.calibration if p.adapter else self.base_calibration) if use else {}
+        p.offsets = dict(table.get(mode) or {})
+        if p.offsets:
+            owner = p.adapter.ref.label if p.adapter else f"base model {self.info.name}"
+            p.calibration = f"{owner} {mode}, fitted on {(table.get('fitted_on') or {}).get('data', '?')}"
+
     def _retrieve(self, preps: list[_Prepared]) -> None:
         groups: dict[tuple[str, int], list[_Prepared]] = {}
         for p in preps:
             if p.request.retrieval:
-                key = (p.request.index or self.config.index, p.request.k or self.config.k)
-                groups.setdefault(key, []).append(p)
+                groups.setdefault((p.settings["index"], p.settings["k"]), []).append(p)
         for (index, k), items in groups.items():
             from app.retrieve import get_retriever
 
@@ -158,18 +221,23 @@ class Engine:
         preps = []
         for r in requests:
             r = replace(r, question=clean_question(r.question))  # length limit, control characters
-            preps.append(_Prepared(r, self._adapter_for(r.adapter),
-                                   max_new_tokens=r.max_new_tokens or self.config.max_new_tokens))
+            adapter = self._adapter_for(r.adapter)
+            p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or self.config.max_new_tokens,
+                          settings=self._settings(r, adapter))
+            self._decision_plan(p)
+            preps.append(p)
         self._retrieve(preps)
         for p in preps:
-            p.messages = prompts.build_messages(p.request.question, p.passages or None, self.config.template)
+            p.messages = prompts.build_messages(p.request.question, p.passages or None, p.settings["template"],
+                                                p.settings["passage_chars"], p.request.examples)
         return preps
 
     # --- generation -----------------------------------------------------------------------------
     def _generate(self, preps: list[_Prepared], streamer=None):
         from app.backends import GenItem
 
-        items = [GenItem(p.messages, p.adapter.name if p.adapter else None, p.max_new_tokens) for p in preps]
+        items = [GenItem(p.messages, p.adapter.ref.key if p.adapter else None, p.max_new_tokens, p.offsets)
+                 for p in preps]
         with self._lock:  # the adapter choice is made inside the backend call, under the lock
             return self.backend.generate(items, streamer=streamer)
 
@@ -177,36 +245,60 @@ class Engine:
         timings = {"retrieval_s": round(p.retrieval_s, 4), "prompt_tokens": gen.prompt_tokens,
                    "generation_s": round(seconds, 4), "new_tokens": gen.new_tokens,
                    "tokens_per_s": round(gen.new_tokens / seconds, 2) if seconds > 0 else 0.0, "batch_size": batch}
-        return Answer(text=gen.text, mode=mode_of(p.adapter.name if p.adapter else None, bool(p.passages)),
-                      adapter=p.adapter.label if p.adapter else None, passages=p.passages,
+        return Answer(text=gen.text, mode=mode_of(p.adapter.ref.key if p.adapter else None, bool(p.passages)),
+                      adapter=p.adapter.ref.label if p.adapter else None, passages=p.passages,
                       citations=prompts.parse_citations(gen.text, p.passages), timings=timings,
-                      question=p.request.question)
+                      question=p.request.question, decision=self._decision(p, gen), settings=p.settings)
+
+    @staticmethod
+    def _decision(p: _Prepared, gen):
+        from app.decision import Decision
+
+        if not p.decide:
+            return None
+        if gen.option_logprobs is not None:
+            return decide(gen.option_logprobs, p.offsets, p.calibration)
+        label = prompts.parse_decision(gen.text)
+        return Decision(label, {}, {}, "parsed") if label else None
 
     # --- public API -----------------------------------------------------------------------------
-    def answer(self, question: str, adapter: str | None = None, retrieval: bool = False, k: int | None = None,
-               index: str | None = None, max_new_tokens: int | None = None) -> Answer:
-        return self.answer_batch([Request(question, adapter, retrieval, k, index, max_new_tokens)])[0]
+    def answer(self, question: str, adapter: str | AdapterRef | None = None, retrieval: bool = False,
+               **options) -> Answer:
+        """Answer one question; `options` are Request fields (k, index, max_new_tokens, decide, scored,
+        calibrate, passage_chars, examples).
+
+            ans = engine.answer("Is aspirin useful after stroke?", adapter="medical-pubmedqa", retrieval=True)
+            print(ans.decision.label if ans.decision else "-", ans.text)
+        """
+        return self.answer_batch([Request(question, adapter, retrieval, **options)])[0]
 
     def answer_batch(self, requests: list[Request]) -> list[Answer]:
-        """All requests in one mixed-adapter generate() call; answers in request order."""
+        """All requests in one mixed-adapter generate() call; answers in request order.
+
+            answers = engine.answer_batch([Request("Q1?"), Request("Q2?", adapter="medical-pubmedqa")])
+        """
         if not requests:
             return []
         preps = self._prepare(list(requests))
         rows, seconds = self._generate(preps)
         return [self._answer(p, gen, seconds, len(preps)) for p, gen in zip(preps, rows)]
 
-    def compare(self, question: str, adapter: str | None = None, index: str | None = None,
-                k: int | None = None, max_new_tokens: int | None = None) -> dict[str, Answer]:
-        """The question in all four modes, batched: {"base", "lora", "rag", "lora+rag"} -> Answer."""
+    def compare(self, question: str, adapter: str | AdapterRef | None = None, **options) -> dict[str, Answer]:
+        """The question in all four modes, batched: {"base", "lora", "rag", "lora+rag"} -> Answer.
+
+            for mode, ans in engine.compare("Do statins prevent stroke?").items(): print(mode, ans.text)
+        """
         adapter = adapter or self.config.default_adapter
-        reqs = [Request(question, adapter if "lora" in m else None, "rag" in m, k, index, max_new_tokens)
-                for m in MODES]
+        reqs = [Request(question, adapter if "lora" in m else None, "rag" in m, **options) for m in MODES]
         return dict(zip(MODES, self.answer_batch(reqs)))
 
-    def stream(self, question: str, adapter: str | None = None, retrieval: bool = False, k: int | None = None,
-               index: str | None = None, max_new_tokens: int | None = None) -> Iterator[str | Answer]:
-        """Yield text deltas as they are generated; the last item is the final Answer."""
-        prep = self._prepare([Request(question, adapter, retrieval, k, index, max_new_tokens)])[0]
+    def stream(self, question: str, adapter: str | AdapterRef | None = None, retrieval: bool = False,
+               **options) -> Iterator[str | Answer]:
+        """Yield text deltas as they are generated; the last item is the final Answer.
+
+            for part in engine.stream("Is X safe?"): print(part if isinstance(part, str) else "", end="")
+        """
+        prep = self._prepare([Request(question, adapter, retrieval, **options)])[0]
         streamer = self.backend.make_streamer()
         if streamer is None:  # backend without token streaming: one delta with the whole text
             rows, seconds = self._generate([prep])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-MODE_COLORS = {"base": "#8c8c8c", "lora": "#1f77b4", "rag": "#2ca02c", "lora+rag": "#d62728"}
+MODE_COLORS = {"base": "#8c8c8c", "lora": "#1f77b4", "rag": "#2ca02c", "lora+rag": "#d62728", "fewshot": "#9467bd"}
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -18,10 +18,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     """A Markdown table of the metrics per mode, then the bootstrap differences."""
     k, per_mode = summary.get("k", 5), summary["metrics"]
     columns = [("accuracy", "accuracy", True), ("macro_f1", "macro-F1", False),
+               ("recall_yes", "recall yes", True), ("recall_no", "recall no", True),
+               ("recall_maybe", "recall maybe", True),
+               ("uncalibrated_accuracy", "acc. uncalibrated", True), ("uncalibrated_macro_f1", "F1 uncalibrated", False),
+               ("parsed_accuracy", "acc. parsed (free text)", True), ("parsed_macro_f1", "F1 parsed", False),
+               ("parsed_no_decision_rate", "no decision (free text)", True),
                ("no_decision_rate", "no decision", True), ("rouge_l", "ROUGE-L", False),
                (f"recall@{k}", f"recall@{k}", True), ("citation_rate", "cites", True),
                ("citation_validity", "citation validity", True),
-               ("faithfulness", "faithfulness", False), ("latency_mean_s", "mean latency (s)", False),
+               ("faithfulness", "faithfulness", False), ("prompt_tokens_mean", "prompt tokens", False),
+               ("latency_mean_s", "mean latency (s)", False),
                ("latency_p95_s", "p95 latency (s)", False)]
     columns = [c for c in columns if any(m.get(c[0]) is not None for m in per_mode.values())]
     head = ["mode", "n"] + [c[1] for c in columns]
@@ -37,9 +43,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     title = (f"Evaluation: {summary.get('n_items')} questions from {summary.get('data') or '(in memory)'}, "
              f"adapter {summary.get('adapter') or '–'}, index {summary.get('index') or '–'}, k={k}, "
              f"base model {summary.get('base_model') or '–'}")
-    out = [title, "", *lines]
+    head_lines = [title, ""]
+    if (summary.get("verdict") or {}).get("text"):
+        head_lines += ["**Verdict.** " + summary["verdict"]["text"], ""]
+    out = [*head_lines, *lines]
     if any(c[0] == "accuracy" for c in columns):
-        out.append("\nAccuracy in % with its 95% bootstrap interval in brackets.")
+        out.append("\nAccuracy in % with its 95% bootstrap interval in brackets. Decisions: "
+                   f"{summary.get('decisions', 'scored')}; calibration "
+                   f"{'on' if summary.get('calibrate', True) else 'off'} (the 'uncalibrated' columns are the same "
+                   "answers without offsets; 'parsed' reads the decision from free generation's text).")
     if summary.get("differences"):
         n = summary.get("n_resamples", 1000)
         out += ["", f"Accuracy differences (paired bootstrap, {n} resamples, seed {summary.get('seed', 0)}):", "",

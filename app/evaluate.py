@@ -1,8 +1,13 @@
 """Question set x modes -> per-question results, metrics, Markdown table and charts.
 
     items = load_questions("dev.jsonl")
-    result = evaluate(engine, items, MODES, adapter="medical-pubmedqa", index="pubmedqa", k=5)
+    result = evaluate(engine, items, MODES, adapter="medical-pubmedqa", index="pubmedqa")
     write_results(result, "runs/dev")   # results.jsonl, summary.json, summary.md, *.png
+
+Decisions are scored (option log-likelihoods, app.decision) by default; `decisions="both"` also runs free
+generation and reads the decision from its text, so both accuracies sit side by side. Each row keeps the
+raw option log-probs, so the summary reports every mode with and without its calibration offsets. The
+optional `fewshot` mode is the base model with N labelled examples from another set in the prompt.
 
 Questions run in all their modes through `engine.answer_batch` (mixed-adapter batches; the rows with
 passages in a batch of their own by default). Metrics live in app.metrics, tables and charts in
@@ -17,13 +22,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from app import metrics
 from app.eval_report import compare_markdown, plot_summary, summary_markdown
 from app.models import sha256_file
-from app.prompts import parse_decision
+from app.prompts import format_target, parse_decision
 from app.types import MODES
+from app.verdict import verdict
+
+FEWSHOT = "fewshot"  # evaluation-only mode: the base model with N labelled examples in the prompt
+EVAL_MODES = (*MODES, FEWSHOT)
 
 RESULTS_FILE, SUMMARY_JSON, SUMMARY_MD = "results.jsonl", "summary.json", "summary.md"
 
@@ -51,8 +60,13 @@ class EvalConfig:
     data: str
     modes: tuple[str, ...] = MODES
     adapter: str | None = None  # registry name, "name@vN", or folder; None -> the engine's default adapter
-    index: str | None = None  # None -> the engine's index (pubmedqa)
-    k: int = 3
+    index: str | None = None  # None -> the adapter card's index, else the engine's (pubmedqa)
+    k: int | None = None  # None -> the adapter card's k for lora modes, else the engine's (3)
+    passage_chars: int | None = None  # None -> the adapter card's, else whole chunks
+    decisions: str = "scored"  # "scored" (option log-likelihoods), "free" (parsed from text), or "both"
+    calibrate: bool = True  # apply stored calibration offsets (the summary reports both either way)
+    few_shot: int = 0  # with N > 0 the "fewshot" mode puts N labelled examples from few_shot_data in the prompt
+    few_shot_data: str | None = None  # QA JSONL the examples come from; never the evaluated set
     out: str | None = None  # None -> runs/eval-<UTC time>
     limit: int | None = None
     max_new_tokens: int = 48  # enough for a decision and a sentence
@@ -65,6 +79,29 @@ class EvalConfig:
     n_resamples: int = 1000
     seed: int = 0
     threads: int | None = None
+
+    FIELD_HELP: ClassVar[dict[str, str]] = {
+        "data": "QA JSONL file (id, question, optional context_doc_id, final_decision, long_answer)",
+        "adapter": "adapter NAME, NAME@vN or folder (default: medical-pubmedqa)",
+        "index": "index for rag modes (default: the adapter card's, else pubmedqa)",
+        "k": "passages per question (default: the adapter card's for lora modes, else 3)",
+        "passage_chars": "characters per passage (default: the adapter card's, else whole chunks)",
+        "decisions": "scored (option log-likelihoods), free (read from generated text) or both",
+        "calibrate": "apply stored calibration offsets (the report shows both either way)",
+        "few_shot": "add the fewshot mode: the base model with N labelled examples in the prompt",
+        "few_shot_data": "labelled QA JSONL the few-shot examples come from (never the evaluated set)",
+        "out": "output folder (default runs/eval-<UTC time>)",
+        "limit": "evaluate only the first N questions",
+        "max_new_tokens": "generation budget per answer",
+        "questions_per_batch": "questions per generate() batch, each in all its modes",
+        "split_by_retrieval": "rows with passages in a batch of their own (less padding on CPU)",
+        "base_model": "base model spec (default smollm2-135m-instruct)",
+        "save_to_card": "store the summary in the adapter's card.json under its version",
+        "resume": "keep the modes already complete in --out and run only the missing ones",
+        "n_resamples": "bootstrap resamples",
+        "seed": "bootstrap and few-shot seed",
+        "threads": "torch CPU threads",
+    }
 
 
 def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QAItem]:
@@ -112,18 +149,54 @@ def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QA
 
 def parse_modes(text: str | Sequence[str]) -> list[str]:
     modes = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in EVAL_MODES]
     if bad or not modes:
-        raise ValueError(f"unknown mode(s) {', '.join(bad) or '(none)'}; choose from {', '.join(MODES)}")
+        raise ValueError(f"unknown mode(s) {', '.join(bad) or '(none)'}; choose from {', '.join(EVAL_MODES)}")
     return list(dict.fromkeys(modes))
 
 
-def _row(item: QAItem, mode: str, answer, k: int) -> dict[str, Any]:
-    decision = parse_decision(answer.text)
+def few_shot_examples(path: str, n: int, evaluated: Sequence[QAItem], seed: int = 0) -> list[tuple[str, str]]:
+    """N labelled (question, answer) pairs from `path`, balanced over the decisions where possible; refused
+    when the file is the evaluated set or shares a question with it."""
+    import random
+
+    pool = [it for it in load_questions(path) if it.final_decision]
+    ids, questions = {it.id for it in evaluated}, {it.question.strip().lower() for it in evaluated}
+    if any(it.id in ids or it.question.strip().lower() in questions for it in pool):
+        raise ValueError(f"few-shot examples from '{path}' overlap the evaluated questions; name another set "
+                         f"(e.g. the training set) with --few-shot-data")
+    rng = random.Random(seed)
+    rng.shuffle(pool)
+    by_class: dict[str, list[QAItem]] = {}
+    for it in pool:
+        by_class.setdefault(it.final_decision, []).append(it)
+    picked: list[QAItem] = []
+    while len(picked) < min(n, len(pool)):
+        for cls in sorted(by_class):
+            if by_class[cls] and len(picked) < n:
+                picked.append(by_class[cls].pop())
+    rng.shuffle(picked)
+    return [(it.question, format_target(it.final_decision, _first_sentence(it.long_answer or ""))) for it in picked]
+
+
+def _first_sentence(text: str) -> str:
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def _row(item: QAItem, mode: str, answer, free=None) -> dict[str, Any]:
+    """One result row. `decision` is what the answer gave (scored, or parsed in free mode);
+    `uncalibrated_decision` the argmax of the raw option scores; `parsed_decision` what free generation's
+    text says (from the free run when there is one)."""
+    d = answer.decision
+    k = (answer.settings or {}).get("k")
     retrieved = [p.doc_id for p in answer.passages]
     timings = {key: v for key, v in (answer.timings or {}).items() if isinstance(v, (int, float))}
     # the wait for this answer: its retrieval plus the generate() call of its batch (shared by the batch)
     latency = float(timings.get("total_s", timings.get("retrieval_s", 0.0) + timings.get("generation_s", 0.0)))
+    scored = d is not None and d.source == "scored"
+    uncal = max(d.logprobs, key=d.logprobs.get) if scored and d.logprobs else (d.label if d else None)
+    parsed = parse_decision(free.text) if free is not None else (None if scored else (d.label if d else None))
+    gold = item.final_decision
     return {
         "id": item.id,
         "question": item.question,
@@ -131,16 +204,27 @@ def _row(item: QAItem, mode: str, answer, k: int) -> dict[str, Any]:
         "mode_used": answer.mode,  # differs from `mode` only if the engine could not honour the request
         "adapter": answer.adapter,
         "answer": answer.text,
-        "decision": decision,
-        "gold": item.final_decision,
-        "correct": (decision == item.final_decision) if item.final_decision else None,
+        "free_answer": free.text if free is not None else None,
+        "decision": d.label if d else None,
+        "decision_source": d.source if d else None,
+        "probs": d.probs if scored else None,
+        "logprobs": d.logprobs if scored else None,
+        "offsets": d.offsets if scored else None,
+        "calibration": d.calibration if d else None,
+        "uncalibrated_decision": uncal,
+        "parsed_decision": parsed,
+        "gold": gold,
+        "correct": (d is not None and d.label == gold) if gold else None,
         "rouge_l": round(float(metrics.rouge_l([answer.text], [item.long_answer])[0]), 4)
         if item.long_answer else None,
         "context_doc_id": item.context_doc_id,
+        "k": k,
+        "index": (answer.settings or {}).get("index") if answer.passages or mode.endswith("rag") else None,
+        "passage_chars": (answer.settings or {}).get("passage_chars"),
         "retrieved_doc_ids": retrieved,
         "retrieved_chunk_ids": [p.chunk.chunk_id for p in answer.passages],
         "retrieval_hit": (metrics.recall_at_k(retrieved, item.context_doc_id, k)
-                          if item.context_doc_id and mode.endswith("rag") else None),
+                          if item.context_doc_id and mode.endswith("rag") and k else None),
         "cited": [c.number for c in answer.citations],
         "cited_passage_ids": [c.passage.chunk.chunk_id for c in answer.citations if c.valid and c.passage],
         "citations_valid": all(c.valid for c in answer.citations),
@@ -150,62 +234,100 @@ def _row(item: QAItem, mode: str, answer, k: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Plan:
+    """How each mode of one evaluation turns into engine requests."""
+
+    adapter: Any = None
+    index: str | None = None
+    k: int | None = None
+    passage_chars: int | None = None
+    decisions: str = "scored"
+    calibrate: bool = True
+    shots: list[tuple[str, str]] | None = None
+
+    def request(self, item: QAItem, mode: str, scored: bool):
+        from app.engine import Request
+
+        return Request(item.question, adapter=self.adapter if mode.startswith("lora") else None,
+                       retrieval=mode.endswith("rag"), k=self.k, index=self.index, passage_chars=self.passage_chars,
+                       decide=True if item.final_decision else None, scored=scored, calibrate=self.calibrate,
+                       examples=self.shots if mode == FEWSHOT else None)
+
+
+def _run_batch(engine, plan: _Plan, pairs, split_by_retrieval: bool, max_new_tokens, scored: bool) -> dict:
+    groups = ([[p for p in pairs if not p[1].endswith("rag")], [p for p in pairs if p[1].endswith("rag")]]
+              if split_by_retrieval else [pairs])
+    answers = []
+    for group in (g for g in groups if g):
+        reqs = [plan.request(item, mode, scored) for item, mode in group]
+        for r in reqs:
+            r.max_new_tokens = max_new_tokens
+        answers += engine.answer_batch(reqs)
+    return {(it.id, m): ans for (it, m), ans in zip((p for g in groups for p in g), answers, strict=True)}
+
+
 def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adapter: str | None = None,
-             index: str | None = None, k: int = 3, progress: Callable[[int, int], None] | None = None, *,
+             index: str | None = None, k: int | None = None, progress: Callable[[int, int], None] | None = None, *,
              max_new_tokens: int | None = None, questions_per_batch: int = 1, split_by_retrieval: bool = True,
-             judge=None, n_resamples: int = 1000, seed: int = 0, data_path: str | None = None) -> EvalResult:
+             judge=None, n_resamples: int = 1000, seed: int = 0, data_path: str | None = None,
+             decisions: str = "scored", calibrate: bool = True, passage_chars: int | None = None,
+             few_shot: list[tuple[str, str]] | None = None) -> EvalResult:
     """Run every item in every mode through `engine.answer_batch`; `progress(done, total)` after each batch.
 
     A batch holds `questions_per_batch` questions in all their modes (adapter rows mixed by PEFT). With
     `split_by_retrieval` (default), the rows with passages go in a batch of their own, so short prompts are
     not left-padded to the length of prompts with passages: prefill dominates on CPU, and this was ~35%
     faster for base+rag on the 2-core box. Latency per mode then reflects that mode's own prompts.
+    `decisions`: "scored", "free" or "both" (free generation run too, for the parsed-from-text accuracy).
     """
-    from app.engine import Request
-
     modes = parse_modes(modes)
-    needs_adapter = any(m.startswith("lora") for m in modes)
-    if needs_adapter:
+    if decisions not in ("scored", "free", "both"):
+        raise ValueError(f"decisions={decisions!r}: choose scored, free or both")
+    if FEWSHOT in modes and not few_shot:
+        raise ValueError("the fewshot mode needs examples: pass --few-shot N --few-shot-data FILE")
+    if any(m.startswith("lora") for m in modes):
         adapter = adapter or getattr(getattr(engine, "config", None), "default_adapter", None)
         if not adapter:
             raise ValueError("modes lora and lora+rag need an adapter; pass --adapter NAME")
         adapter = engine.load_adapter(adapter)
+    plan = _Plan(adapter, index, k, passage_chars, decisions, calibrate, few_shot)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     total = len(items) * len(modes)
     for lo in range(0, len(items), max(1, questions_per_batch)):
         chunk = items[lo:lo + max(1, questions_per_batch)]
         pairs = [(item, mode) for item in chunk for mode in modes]
-        groups = ([[p for p in pairs if not p[1].endswith("rag")], [p for p in pairs if p[1].endswith("rag")]]
-                  if split_by_retrieval else [pairs])
-        answers = []
-        for group in (g for g in groups if g):
-            answers += engine.answer_batch([
-                Request(item.question, adapter=adapter if mode.startswith("lora") else None,
-                        retrieval=mode.endswith("rag"), k=k, index=index, max_new_tokens=max_new_tokens)
-                for item, mode in group])
-        done = {(it.id, m): ans for (it, m), ans in zip((p for g in groups for p in g), answers, strict=True)}
-        batch_rows = [_row(item, mode, done[(item.id, mode)], k) for item, mode in pairs]
-        answers = [done[(item.id, mode)] for item, mode in pairs]
+        done = _run_batch(engine, plan, pairs, split_by_retrieval, max_new_tokens, decisions != "free")
+        free = _run_batch(engine, plan, pairs, split_by_retrieval, max_new_tokens, False) \
+            if decisions == "both" else {}
+        batch_rows = [_row(item, mode, done[(item.id, mode)], free.get((item.id, mode))) for item, mode in pairs]
         if judge is not None:
-            scores = judge.score_many([(a.text, a.passages) for a in answers])
+            scores = judge.score_many([(done[(it.id, m)].text, done[(it.id, m)].passages) for it, m in pairs])
             for row, score in zip(batch_rows, scores):
                 row["faithfulness"] = score
         rows.extend(batch_rows)
         if progress:
             progress(len(rows), total)
     info = getattr(engine, "info", None)
+    rag_ks = sorted({r["k"] for r in rows if r["mode"].endswith("rag") and r.get("k")})
     settings = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(data_path) if data_path else None,
         "data_sha256": sha256_file(Path(data_path)) if data_path and Path(data_path).is_file() else None,
         "n_items": len(items),
         "modes": modes,
-        "adapter": next((r["adapter"] for r in rows if r["adapter"]), adapter),
-        "index": (index or getattr(getattr(engine, "config", None), "index", None))
-        if any(m.endswith("rag") for m in modes) else None,
-        "k": k,
+        "adapter": next((r["adapter"] for r in rows if r["adapter"]), getattr(adapter, "label", adapter)),
+        "index": next((r["index"] for r in rows if r["mode"].endswith("rag")), None),
+        "k": rag_ks[0] if len(rag_ks) == 1 else (k or (rag_ks[-1] if rag_ks else None)),
+        "k_by_mode": {m: next((r["k"] for r in rows if r["mode"] == m and r.get("k")), None) for m in modes
+                      if m.endswith("rag")},
+        "passage_chars_by_mode": {m: next((r["passage_chars"] for r in rows if r["mode"] == m), None)
+                                  for m in modes if m.endswith("rag")},
         "max_new_tokens": max_new_tokens,
+        "decisions": decisions,
+        "calibrate": calibrate,
+        "few_shot": len(few_shot or []),
         "questions_per_batch": questions_per_batch,
         "split_by_retrieval": split_by_retrieval,
         "base_model": getattr(info, "name", None),
@@ -222,7 +344,9 @@ def summarize(rows: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
     k, n, seed = settings.get("k", 5), settings.get("n_resamples", 1000), settings.get("seed", 0)
     modes = settings.get("modes") or list(dict.fromkeys(r["mode"] for r in rows))
     per_mode = {m: metrics.mode_metrics([r for r in rows if r["mode"] == m], k, n, seed) for m in modes}
-    return {**settings, "metrics": per_mode, "differences": metrics.mode_differences(rows, modes, n, seed)}
+    summary = {**settings, "metrics": per_mode, "differences": metrics.mode_differences(rows, modes, n, seed)}
+    summary["verdict"] = verdict(rows, summary)
+    return summary
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -314,11 +438,8 @@ def make_engine(cfg: EvalConfig):
     from app.config import EngineConfig
     from app.engine import Engine
 
-    kw = {"base_model": cfg.base_model, "adapters": (), "k": cfg.k, "max_new_tokens": cfg.max_new_tokens,
-          "threads": cfg.threads}
-    if cfg.index:
-        kw["index"] = cfg.index
-    return Engine(EngineConfig(**kw))
+    return Engine(EngineConfig.from_env(base_model=cfg.base_model, adapters=(), max_new_tokens=cfg.max_new_tokens,
+                                        threads=cfg.threads, index=cfg.index))
 
 
 def make_judge(cfg: EvalConfig, engine=None):
@@ -353,10 +474,17 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     if todo:
         engine = engine or make_engine(cfg)
         adapter = adapter_source(cfg.adapter, engine.root) if cfg.adapter else None
+        if cfg.few_shot and not cfg.few_shot_data:
+            raise ValueError("--few-shot N needs --few-shot-data FILE (a labelled set other than --data)")
+        shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
+        if shots and FEWSHOT not in todo:
+            todo.append(FEWSHOT)
         result = evaluate(engine, items, todo, adapter, cfg.index, cfg.k, progress,
                           max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,
                           split_by_retrieval=cfg.split_by_retrieval, judge=make_judge(cfg, engine),
-                          n_resamples=cfg.n_resamples, seed=cfg.seed, data_path=cfg.data)
+                          n_resamples=cfg.n_resamples, seed=cfg.seed, data_path=cfg.data,
+                          decisions=cfg.decisions, calibrate=cfg.calibrate, passage_chars=cfg.passage_chars,
+                          few_shot=shots)
     else:
         result = EvalResult([], {key: v for key, v in prev.summary.items() if key not in ("metrics", "differences")})
     if prev is not None and kept:

@@ -15,15 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-STATES = ("queued", "running", "done", "failed")
-
 
 @dataclass
 class Job:
     id: str
     kind: str  # "ingest" | "train" | "evaluate" | anything
     title: str
-    status: str = "queued"
+    status: str = "queued"  # -> "running" -> "done" | "failed"
     progress: float = 0.0  # 0..1
     message: str = ""
     metrics: list[dict[str, Any]] = field(default_factory=list)  # e.g. {"step": 3, "loss": 1.2}

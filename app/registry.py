@@ -6,6 +6,9 @@ Layout (documented in adapters/README.md):
 Installing under an existing name builds the new folder in a staging dir next to it (new files plus
 hard links to all earlier versions), then swaps it in with two renames; a listing never sees a
 half-written adapter, and a crash between the renames is repaired on the next read.
+
+card.json is read into one typed `app.adapter_card.AdapterCard` (every shape written so far is accepted)
+and written from it.
 """
 from __future__ import annotations
 
@@ -14,17 +17,20 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from app.adapter_card import SCHEMA_VERSION, AdapterCard, BaseModelRef, LossPoint, render_readme
 from app.config import adapters_dir
 
-CARD_FORMAT = 1
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+__all__ = ["SCHEMA_VERSION", "AdapterCard", "AdapterInfo", "BaseModelRef", "LossPoint", "check_compatible",
+           "check_name", "check_shapes", "get", "install", "list_adapters", "read_folder", "record_eval", "remove",
+           "render_readme", "root_dir", "scan", "versions"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MACHINE_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/]|\\\\)")  # absolute POSIX, home, Windows drive or UNC
 _TRASH = ".trash-"
 # staging folders of installs (".staging-") and trainings (".train-") live seconds; older ones are a killed run's
 _LEFTOVERS, _LEFTOVER_AGE_S = (".staging-", ".train-"), 3600
@@ -35,8 +41,8 @@ class AdapterInfo:
     name: str
     version: int
     path: Path  # folder PeftModel.from_pretrained loads
-    base_model: str  # canonical base-model name (app.models.ModelInfo.name)
-    card: dict = field(default_factory=dict)
+    base_model: str  # canonical base-model name: the card's, else adapter_config.json's (hub ids only)
+    card: AdapterCard = field(default_factory=AdapterCard)
 
     @property
     def label(self) -> str:
@@ -44,14 +50,18 @@ class AdapterInfo:
 
 
 def root_dir(root=None) -> Path:
-    """The registry folder: root when given, else $LORACLE_ADAPTERS or <home>/adapters."""
+    """The registry folder: root when given, else $LORACLE_ADAPTERS or <home>/adapters.
+
+    Example: `root_dir()` -> Path(".../adapters"); `root_dir("/tmp/reg")` -> Path("/tmp/reg").
+    """
     return Path(root) if root else adapters_dir()
 
 
-_root = root_dir
-
-
 def check_name(name: str) -> str:
+    """The name itself when it can be a folder name in the registry, else a ValueError saying what is allowed.
+
+    Example: `check_name("medical-v2")` -> "medical-v2"; `check_name("../x")` raises ValueError.
+    """
     if not _NAME.match(name or ""):
         raise ValueError(f"invalid adapter name '{name}': use letters, digits, '-' or '_' (at most 64, no dots)")
     return name
@@ -69,24 +79,40 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _check_safetensors(path: Path) -> dict:
-    """Read the safetensors header only: catches truncated or foreign files without importing torch."""
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from the safetensors header (nothing loaded, no torch); a ValueError when unreadable."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError
-            header = json.loads(f.read(n))
-        if not isinstance(header, dict):
-            raise ValueError
-    except (ValueError, struct.error, UnicodeDecodeError):
-        raise ValueError(f"{path} is not a readable safetensors file; re-save the adapter with "
+        with safe_open(str(path), framework="numpy") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); re-save the adapter with "
                          f"save_pretrained(..., safe_serialization=True)") from None
-    return header
+
+
+def _peft_base_name(value: Any) -> str:
+    """adapter_config.json's base_model_name_or_path as a base-model name. A hub id is one; a folder is one only
+    here, through its own files: the trainer's machine path (shipped adapters carry it) names no model."""
+    value = str(value or "")
+    folder = Path(value).expanduser()
+    if not value or not (_MACHINE_PATH.match(value) or folder.is_dir()):
+        return value
+    for fname, key in (("loracle_source.json", "name"), ("config.json", "_name_or_path")):
+        try:
+            found = json.loads((folder / fname).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        return str(found or folder.name)
+    return ""
 
 
 def read_folder(path: Path, name: str | None = None) -> AdapterInfo:
-    """Validate one adapter folder (PEFT files, optional card.json) and describe it."""
+    """Validate one adapter folder (PEFT files, optional card.json) and describe it.
+
+    Example: `read_folder(Path("adapters/medical-pubmedqa")).card.base_model.name`
+    -> "HuggingFaceTB/SmolLM2-135M-Instruct".
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"adapter folder {path} does not exist")
@@ -102,16 +128,15 @@ def read_folder(path: Path, name: str | None = None) -> AdapterInfo:
     cfg = _read_json(path / "adapter_config.json", "adapter config")
     if "peft_type" not in cfg:
         raise ValueError(f"adapter config {path / 'adapter_config.json'} has no 'peft_type'; it is not a PEFT config")
-    _check_safetensors(weights)
-    card = _read_json(path / "card.json", "adapter card") if (path / "card.json").exists() else {}
-    base = card.get("base_model") or {}
-    base_name = base.get("name") if isinstance(base, dict) else str(base)
-    base_name = base_name or cfg.get("base_model_name_or_path") or ""
-    version = card.get("version", 1)
-    if not isinstance(version, int) or version < 1:
-        raise ValueError(f"adapter card {path / 'card.json'} has version {version!r}; expected an integer >= 1")
-    return AdapterInfo(name=card.get("name") or name or path.name, version=version, path=path,
-                       base_model=base_name, card=card)
+    _tensor_shapes(weights)
+    raw = _read_json(path / "card.json", "adapter card") if (path / "card.json").exists() else {}
+    try:
+        card = AdapterCard.from_dict(raw)
+    except ValueError as exc:
+        raise ValueError(f"adapter card {path / 'card.json'} has {exc}") from None
+    card.name = card.name or name or path.name
+    base = card.base_model.name or _peft_base_name(cfg.get("base_model_name_or_path"))
+    return AdapterInfo(name=card.name, version=card.version, path=path, base_model=base, card=card)
 
 
 def _recover(root: Path) -> None:
@@ -130,8 +155,11 @@ def _recover(root: Path) -> None:
 
 
 def scan(root=None) -> tuple[list[AdapterInfo], list[tuple[Path, str]]]:
-    """All adapters under root, plus (folder, reason) for folders that are not valid adapters."""
-    root = _root(root)
+    """All adapters under root, plus (folder, reason) for folders that are not valid adapters.
+
+    Example: `good, bad = scan()`; `[a.label for a in good]` -> ["medical-pubmedqa@v2"].
+    """
+    root = root_dir(root)
     _recover(root)
     good, bad = [], []
     if not root.is_dir():
@@ -147,11 +175,16 @@ def scan(root=None) -> tuple[list[AdapterInfo], list[tuple[Path, str]]]:
 
 
 def list_adapters(root=None) -> list[AdapterInfo]:
+    """The valid adapters under root (see `scan` for the invalid ones). Example: `[a.name for a in list_adapters()]`."""
     return scan(root)[0]
 
 
 def get(name: str, root=None, version: int | None = None) -> AdapterInfo:
-    root = _root(root)
+    """One adapter by name: its current version, or `version` from its lineage.
+
+    Example: `get("medical-pubmedqa").label` -> "medical-pubmedqa@v2"; `get("medical-pubmedqa", version=1).path`.
+    """
+    root = root_dir(root)
     _recover(root)
     path = root / check_name(name)
     if not path.is_dir():
@@ -168,13 +201,17 @@ def get(name: str, root=None, version: int | None = None) -> AdapterInfo:
 
 
 def versions(name: str, root=None) -> list[AdapterInfo]:
-    """Every version of an adapter, oldest first (the lineage)."""
+    """Every version of an adapter, oldest first (the lineage). Example: `[v.label for v in versions("med")]`."""
     cur = get(name, root)
     olds = [read_folder(p, name) for p in (cur.path / "versions").glob("v*") if p.is_dir()]
     return sorted(olds, key=lambda a: a.version) + [cur]
 
 
 def check_compatible(info: AdapterInfo, base_model_name: str) -> None:
+    """A ValueError naming both models when the adapter was trained on another base model (unknown passes).
+
+    Example: `check_compatible(get("medical-pubmedqa"), engine.info.name)`.
+    """
     if info.base_model and info.base_model != base_model_name:
         raise ValueError(f"adapter '{info.name}' was trained on {info.base_model} but the engine runs "
                          f"{base_model_name}; pass --base-model {info.base_model} or use an adapter "
@@ -186,19 +223,20 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\
 
 def check_shapes(info: AdapterInfo, model, base_model_name: str) -> None:
     """Compare the LoRA matrices' shapes (from the safetensors header, nothing loaded) with the layers
-    of `model`; a mismatch is a ValueError naming both, raised before PEFT touches the model."""
-    header = _check_safetensors(info.path / "adapter_model.safetensors")
+    of `model`; a mismatch is a ValueError naming both, raised before PEFT touches the model.
+
+    Example: `check_shapes(get("medical-pubmedqa"), model, "HuggingFaceTB/SmolLM2-135M-Instruct")`.
+    """
     modules = dict(model.named_modules())
-    for key, meta in header.items():
+    for key, shape in _tensor_shapes(info.path / "adapter_model.safetensors").items():
         m = _LORA_KEY.match(key)
-        if not m or not isinstance(meta, dict):
+        if not m or len(shape) != 2:
             continue
         layer = modules.get(m.group(1)) or modules.get(f"base_model.model.{m.group(1)}")
         if layer is None:
             raise ValueError(f"adapter '{info.name}' adapts layer {m.group(1)}, which {base_model_name} does not "
                              f"have; it was trained for {info.base_model or 'another model'}, not this base model")
         want = getattr(layer, "in_features" if m.group(2) == "A" else "out_features", None)
-        shape = meta.get("shape") or [0, 0]
         have = shape[1] if m.group(2) == "A" else shape[0]
         if want is not None and have != want:
             raise ValueError(f"adapter '{info.name}' has {m.group(1)}.lora_{m.group(2)} of shape {shape} (width "
@@ -207,42 +245,17 @@ def check_shapes(info: AdapterInfo, model, base_model_name: str) -> None:
                              f"{base_model_name}")
 
 
-def render_readme(card: dict) -> str:
-    """The human model card, generated from card.json."""
-    base = card.get("base_model") or {}
-    data = card.get("training_data") or {}
-    parent = card.get("parent") or {}
-    lines = [f"# {card.get('name')} v{card.get('version')}", "",
-             card.get("description", "A LoRA adapter for Loracle."), "",
-             f"- Base model: `{base.get('name', '?')}` (sha256 `{str(base.get('sha256', ''))[:16]}`)",
-             f"- Training data: `{data.get('path', '?')}` (sha256 `{str(data.get('sha256', ''))[:16]}`)",
-             f"- Created: {card.get('created', '?')}",
-             f"- Parent: {parent.get('name')}@v{parent.get('version')}" if parent else "- Parent: none",
-             "", "## Reproduce", "", "```", card.get("reproduce", "(not recorded)"), "```", "",
-             "## Hyperparameters", ""]
-    lines += [f"- {k}: {v}" for k, v in (card.get("hyperparameters") or {}).items()] or ["(not recorded)"]
-    curve = card.get("loss_curve") or []
-    if curve:
-        first, last = curve[0], curve[-1]
-        lines += ["", "## Training loss", "", f"{len(curve)} points; first {first}, last {last}"]
-    lines += ["", "## Evaluation (per version, per mode)", ""]
-    evals = card.get("evals") or {}
-    if not evals:
-        lines.append("(no evaluation recorded yet; run `loracle eval`)")
-    for ver, summary in evals.items():
-        lines.append(f"### {ver}")
-        lines += [f"- {mode}: {json.dumps(vals, sort_keys=True)}" for mode, vals in summary.items()] + [""]
-    lines += ["", "Loads as it is with `PeftModel.from_pretrained(base, this_folder)`. Weights are safetensors."]
-    return "\n".join(lines) + "\n"
+def _write_text(folder: Path, fname: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, folder / fname)
 
 
-def _write_card(folder: Path, card: dict) -> None:
-    for fname, text in (("card.json", json.dumps(card, indent=2, sort_keys=False) + "\n"),
-                        ("README.md", render_readme(card))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, folder / fname)
+def _write_card(folder: Path, card: AdapterCard) -> None:
+    """card.json and README.md, each written to a temp file then renamed over the old one."""
+    _write_text(folder, "card.json", json.dumps(card.to_dict(), indent=2) + "\n")
+    _write_text(folder, "README.md", render_readme(card))
 
 
 def _link_file(src, dst) -> None:
@@ -253,66 +266,67 @@ def _link_file(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, copy_function=_link_file)
+def _new_card(card: AdapterCard | dict, name: str, prev: AdapterInfo | None) -> AdapterCard:
+    """The card of the version being installed: a copy of the given one with name, version, created,
+    parent and the earlier versions' eval evidence filled in."""
+    card = AdapterCard.from_dict(card if isinstance(card, dict) else card.to_dict())
+    if not card.base_model.name:
+        raise ValueError("adapter card needs base_model {'name': ..., 'sha256': ...}; the registry refuses "
+                         "adapters whose base model is unknown")
+    if prev is not None and prev.base_model and prev.base_model != card.base_model.name:
+        raise ValueError(f"adapter '{name}' v{prev.version} is for {prev.base_model}, the new one for "
+                         f"{card.base_model.name}; install it under another name")
+    card.name, card.version = name, (prev.version + 1) if prev else 1
+    card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if prev is not None:
+        card.parent = card.parent or {"name": name, "version": prev.version}
+        card.evals = {**prev.card.evals, **card.evals}
+    return card
 
 
-def install(staging_dir, name: str, card: dict, root=None) -> AdapterInfo:
+def _swap_in(build: Path, target: Path, prev: AdapterInfo | None) -> None:
+    """Make `build` the adapter at `target`, the previous version (if any) kept under versions/v<N>."""
+    if prev is None:
+        os.replace(build, target)
+        return
+    (build / "versions").mkdir()
+    if (target / "versions").is_dir():
+        for old in (target / "versions").iterdir():
+            shutil.copytree(old, build / "versions" / old.name, copy_function=_link_file)
+    cur = build / "versions" / f"v{prev.version}"
+    cur.mkdir()
+    for f in target.iterdir():
+        if f.is_file():
+            _link_file(f, cur / f.name)
+    trash = target.parent / f"{_TRASH}{target.name}.{os.getpid()}"
+    os.replace(target, trash)
+    os.replace(build, target)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def install(staging_dir, name: str, card: AdapterCard | dict, root=None) -> AdapterInfo:
     """Install the PEFT files in staging_dir as adapter `name`: version 1, or the next version with the
-    previous one kept under versions/ and recorded as parent. The staging folder is consumed."""
-    root = _root(root)
+    previous one kept under versions/ and recorded as parent. The staging folder is consumed. `card` is
+    an AdapterCard or a plain dict of card.json fields (it must name the base model).
+
+    Example: `install(tmp, "medical-v2", {"base_model": {"name": info.name, "sha256": info.sha256}})`.
+    """
+    root = root_dir(root)
     check_name(name)
     staging = Path(staging_dir)
     read_folder(staging, name)  # PEFT files present, safetensors, config readable
-    base = card.get("base_model")
-    if not base or not (base.get("name") if isinstance(base, dict) else base):
-        raise ValueError("adapter card needs base_model {'name': ..., 'sha256': ...}; the registry refuses "
-                         "adapters whose base model is unknown")
     root.mkdir(parents=True, exist_ok=True)
     _recover(root)
     target = root / name
     prev = read_folder(target, name) if target.is_dir() else None
-    if prev is not None:
-        prev_base = prev.base_model
-        new_base = base.get("name") if isinstance(base, dict) else base
-        if prev_base and prev_base != new_base:
-            raise ValueError(f"adapter '{name}' v{prev.version} is for {prev_base}, the new one for {new_base}; "
-                             f"install it under another name")
-    card = dict(card)
-    card.update(format=CARD_FORMAT, name=name, version=(prev.version + 1) if prev else 1)
-    if isinstance(base, str):
-        card["base_model"] = {"name": base, "sha256": ""}
-    card.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    if prev is not None:
-        card.setdefault("parent", {"name": name, "version": prev.version})
-        evals = dict(prev.card.get("evals") or {})
-        evals.update(card.get("evals") or {})
-        card["evals"] = evals
-    card.setdefault("parent", None)
-    card.setdefault("evals", {})
-
+    card = _new_card(card, name, prev)
     build = Path(tempfile.mkdtemp(prefix=f".staging-{name}.", dir=root))
     try:
         for f in staging.iterdir():
             if f.is_file() and f.name not in ("card.json", "README.md"):
                 shutil.copy2(f, build / f.name)
         _write_card(build, card)
-        if prev is not None:
-            (build / "versions").mkdir()
-            if (target / "versions").is_dir():
-                for old in (target / "versions").iterdir():
-                    _link_tree(old, build / "versions" / old.name)
-            cur = build / "versions" / f"v{prev.version}"
-            cur.mkdir()
-            for f in target.iterdir():
-                if f.is_file():
-                    _link_file(f, cur / f.name)
-            trash = root / f"{_TRASH}{name}.{os.getpid()}"
-            os.replace(target, trash)
-            os.replace(build, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(build, target)
+        _swap_in(build, target, prev)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         _recover(root)
@@ -322,7 +336,7 @@ def install(staging_dir, name: str, card: dict, root=None) -> AdapterInfo:
 
 
 def remove(name: str, root=None) -> Path:
-    """Delete an adapter and all its versions."""
+    """Delete an adapter and all its versions; returns the folder it was in. Example: `remove("medical-v2")`."""
     info = get(name, root)
     trash = info.path.parent / f".removing-{name}.{os.getpid()}"
     os.replace(info.path, trash)
@@ -331,11 +345,26 @@ def remove(name: str, root=None) -> Path:
 
 
 def record_eval(name: str, summary: dict, root=None) -> AdapterInfo:
-    """Store eval evidence (mode -> metrics) under the adapter's current version in card.json."""
+    """Store eval evidence (mode -> metrics) under the adapter's current version in card.json.
+
+    Example: `record_eval("medical-pubmedqa", {"lora": {"accuracy": 0.54}}).card.evals["v2"]`.
+    """
     info = get(name, root)
-    card = dict(info.card) or {"name": name, "version": info.version, "base_model": {"name": info.base_model}}
-    evals = dict(card.get("evals") or {})
-    evals[f"v{info.version}"] = summary
-    card["evals"] = evals
+    card = info.card
+    card.base_model.name = card.base_model.name or info.base_model
+    card.evals = {**card.evals, f"v{info.version}": summary}
+    _write_card(info.path, card)
+    return read_folder(info.path, name)
+
+
+def record_calibration(name: str, table: dict, root=None) -> AdapterInfo:
+    """Store decision calibration offsets ({"lora": {...}, "lora+rag": {...}, "fitted_on": {...}}) in the current
+    version's card; the engine applies them to that version from the next request on.
+
+    Example: `record_calibration("medical-pubmedqa", {"lora": {"yes": 0, "no": 0.4, "maybe": 1.2}})`.
+    """
+    info = get(name, root)
+    card = info.card
+    card.calibration = {**(card.calibration or {}), **table}
     _write_card(info.path, card)
     return read_folder(info.path, name)

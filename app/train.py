@@ -15,11 +15,13 @@ import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 from pathlib import Path
 from typing import Callable
 
 from app import prompts
+from app.config import DEFAULT_INDEX
 from app.types import Passage
 
 IGNORE = -100
@@ -38,22 +40,62 @@ class TrainConfig:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     layers: int | None = None  # adapt only the last N transformer layers (backward stops there: cheaper)
-    max_len: int = 640  # tokens per example (prompt + target); passages are shortened to fit
+    max_len: int = 1024  # tokens per example (prompt + target); passages are shortened to fit
     grad_accum: int = 8  # examples per optimizer step (micro-batch is one example: no padding waste)
     warmup: float = 0.06  # fraction of optimizer steps
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05  # held out: validation loss, and the only items calibration may use
     evals: int = 3  # validation passes during training (plus one at the end)
+    decision_weight: float = 1.0  # loss weight of the yes/no/maybe token relative to an explanation token
+    class_balance: bool = False  # scale the decision token's weight by 1/(share of its class)
     retrieval_aware: bool = False
-    index: str = "pubmedqa"
+    index: str = DEFAULT_INDEX
     gold_fraction: float = 0.8  # of the examples with passages, how many include the gold document
     no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
     k: int = 3
-    passage_chars: int = prompts.PASSAGE_CHARS  # characters kept per passage in training prompts
+    passage_chars: int | None = prompts.PASSAGE_CHARS  # characters kept per passage; None: whole chunks
     seed: int = 0
     limit: int | None = None  # use only the first N items of the data file
     parent: str | None = None  # adapter to continue training from (name in the registry)
     adapters_dir: str | None = None  # registry root; None -> app.config.adapters_dir()
     threads: int | None = 2  # torch threads; None leaves torch's default
+
+    FIELD_HELP: ClassVar[dict[str, str]] = {
+        "data": "QA JSONL file (fields: question, long_answer, final_decision, context_doc_id)",
+        "name": "adapter name in the registry (a new version when it exists)",
+        "base_model": "base model spec: built-in name, local folder or hub id (default smollm2-135m-instruct)",
+        "target_modules": "comma-separated module names to adapt",
+        "layers": "adapt only the last N transformer layers (default: all)",
+        "max_len": "tokens per example (prompt + target); passages are shortened to fit",
+        "grad_accum": "examples per optimizer step",
+        "val_fraction": "share held out for validation loss (and the only items calibration may use)",
+        "decision_weight": "loss weight of the yes/no/maybe token relative to an explanation token",
+        "class_balance": "weight the decision token by 1 / (share of its class)",
+        "retrieval_aware": "RAFT-style: training prompts carry retrieved passages from --index",
+        "index": "index the passages come from",
+        "gold_fraction": "share of passage-carrying examples that include the gold document",
+        "no_passage_fraction": "share of examples with no passages (plain template)",
+        "k": "passages per training prompt (and the adapter's answer-time k)",
+        "passage_chars": "characters kept per passage (default: whole chunks)",
+        "limit": "use only the first N items",
+        "parent": "continue training from this registered adapter",
+        "adapters_dir": "registry folder (default adapters/)",
+        "threads": "torch CPU threads",
+    }
+
+    def __post_init__(self):
+        from app import registry
+
+        registry.check_name(self.name) if self.name else None
+        for key in ("gold_fraction", "no_passage_fraction", "val_fraction", "warmup"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must lie between 0 and 1")
+        for key in ("epochs", "lr", "decision_weight"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must be above 0")
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"--layers {self.layers} must be at least 1 (or leave it out to adapt every layer)")
+        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1:
+            raise ValueError("-k, --rank and --grad-accum must be at least 1 and --max-len at least 64")
 
 
 @dataclass
@@ -62,7 +104,8 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     passages: int = 0  # passages in the prompt
-    gold: int | None = None  # 1-based position of the gold passage, None when absent
+    gold: list[int] | None = None  # 1-based positions of the gold document's passages, None when absent
+    decision_weight: float = 1.0  # loss weight of the first target token (the decision)
 
 
 @dataclass
@@ -95,16 +138,16 @@ def split(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict]
     return [items[i] for i in order if i not in val], [items[i] for i in sorted(val)]
 
 
-def _trim(p: Passage, chars: int) -> Passage:
-    from dataclasses import replace
-
-    return replace(p, chunk=replace(p.chunk, text=p.chunk.text[:chars]))
+def _trim(p: Passage, chars: int | None) -> Passage:
+    return p if chars is None else replace(p, chunk=replace(p.chunk, text=p.chunk.text[:chars]))
 
 
-def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: TrainConfig) -> list[tuple[list[Passage], int | None]]:
-    """Per item: the passages its prompt carries and the 1-based gold position (None if no gold).
+def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: TrainConfig) -> list[tuple[list[Passage], list[int] | None]]:
+    """Per item: the passages its prompt carries and the 1-based positions of the gold document's passages.
 
-    `retrieved[i]` is a ranked list (longer than k) for item i. Seeded: the same config gives the same plan.
+    RAFT-style: `no_passage_fraction` of the items get no passages; of the others, `gold_fraction` see the
+    top-k as retrieval ranks them with the gold document in it (put at a random position when retrieval
+    missed it), the rest only distractors. `retrieved[i]` is a ranked list deeper than k. Seeded.
     """
     rng = random.Random(config.seed + 1)
     plan = []
@@ -113,27 +156,38 @@ def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: Tra
             plan.append(([], None))
             continue
         gold_id = item.get("context_doc_id")
-        golds = [p for p in found if gold_id and p.doc_id == gold_id]
         others = [p for p in found if not (gold_id and p.doc_id == gold_id)]
-        use_gold = bool(golds) and rng.random() < config.gold_fraction
-        if use_gold:
-            chosen = others[: config.k - 1]
-            pos = rng.randrange(len(chosen) + 1)
-            chosen.insert(pos, golds[0])
-            gold = pos + 1
+        if any(p.doc_id == gold_id for p in found) and rng.random() < config.gold_fraction:
+            chosen = found[: config.k]
+            if not any(p.doc_id == gold_id for p in chosen):
+                chosen = others[: config.k - 1]
+                chosen.insert(rng.randrange(len(chosen) + 1), next(p for p in found if p.doc_id == gold_id))
+            gold = [i for i, p in enumerate(chosen, 1) if p.doc_id == gold_id]
         else:
             chosen, gold = others[: config.k], None
         plan.append(([_trim(p, config.passage_chars) for p in chosen], gold))
     return plan
 
 
-def encode(tokenizer, item: dict, passages: list[Passage], gold: int | None, max_len: int) -> Example:
+def class_weights(items: list[dict], balance: bool) -> dict[str | None, float]:
+    """Decision-token weight multiplier per class: n / (classes * n_class) when balancing, else 1."""
+    counts: dict[str, int] = {}
+    for it in items:
+        if it.get("final_decision"):
+            counts[it["final_decision"]] = counts.get(it["final_decision"], 0) + 1
+    total = sum(counts.values())
+    weights: dict[str | None, float] = {c: (total / (len(counts) * n) if balance else 1.0) for c, n in counts.items()}
+    weights[None] = 1.0
+    return weights
+
+
+def encode(tokenizer, item: dict, passages: list[Passage], gold: list[int] | None, max_len: int,
+           decision_weight: float = 1.0) -> Example:
     """Prompt in the engine's exact format; labels are IGNORE on the prompt, target tokens + EOS after it.
 
     Too long: passages are shortened first, then the explanation (the decision, the citation and EOS stay).
     """
-    cite = [gold] if gold else None
-    target_ids = tokenizer(prompts.format_target(item.get("final_decision"), item.get("long_answer") or "", cite=cite),
+    target_ids = tokenizer(prompts.format_target(item.get("final_decision"), item.get("long_answer") or "", cite=gold),
                            add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     chars = max((len(p.chunk.text) for p in passages), default=0)
     while True:
@@ -145,19 +199,21 @@ def encode(tokenizer, item: dict, passages: list[Passage], gold: int | None, max
         passages = [_trim(p, chars) for p in passages]
     room = max_len - len(prompt_ids)
     if len(target_ids) > room:
-        tail = tokenizer(prompts.format_target(None, "", cite=cite), add_special_tokens=False)["input_ids"] if cite else []
+        # the explanation is cut; the citation of the first gold passage stays
+        tail = tokenizer(prompts.format_target(None, "", cite=gold[:1]), add_special_tokens=False)["input_ids"] if gold else []
         tail = tail + [tokenizer.eos_token_id]
         target_ids = target_ids[: max(1, room - len(tail))] + tail
     return Example(str(item.get("id")), prompt_ids + target_ids, [IGNORE] * len(prompt_ids) + target_ids,
-                   len(passages), gold)
+                   len(passages), gold, decision_weight if item.get("final_decision") else 1.0)
 
 
 def build_examples(items: list[dict], tokenizer, config: TrainConfig,
-                   retrieved: list[list[Passage]] | None = None) -> list[Example]:
-    if retrieved is None:
-        return [encode(tokenizer, it, [], None, config.max_len) for it in items]
-    plan = plan_passages(items, retrieved, config)
-    return [encode(tokenizer, it, ps, gold, config.max_len) for it, (ps, gold) in zip(items, plan)]
+                   retrieved: list[list[Passage]] | None = None, weights: dict | None = None) -> list[Example]:
+    weights = weights or class_weights(items, config.class_balance)
+    plan = plan_passages(items, retrieved, config) if retrieved is not None else [([], None)] * len(items)
+    return [encode(tokenizer, it, ps, gold, config.max_len,
+                   config.decision_weight * weights.get(it.get("final_decision"), 1.0))
+            for it, (ps, gold) in zip(items, plan)]
 
 
 def retrieve_for(items: list[dict], config: TrainConfig) -> list[list[Passage]]:
@@ -169,7 +225,8 @@ def retrieve_for(items: list[dict], config: TrainConfig) -> list[list[Passage]]:
 
 
 def example_loss(model, ex: Example):
-    """Mean cross-entropy over the target tokens; logits are computed only where labels are set."""
+    """Weighted mean cross-entropy over the target tokens (the decision token weighs `ex.decision_weight`);
+    logits are computed only where labels are set."""
     import torch
     import torch.nn.functional as F
 
@@ -178,7 +235,10 @@ def example_loss(model, ex: Example):
     ids = torch.tensor([ex.input_ids])
     logits = model(input_ids=ids, logits_to_keep=keep).logits[0, :-1]
     labels = torch.tensor(ex.labels[first:])
-    return F.cross_entropy(logits.float(), labels)
+    per_token = F.cross_entropy(logits.float(), labels, reduction="none")
+    weights = torch.ones_like(per_token)
+    weights[0] = ex.decision_weight
+    return (per_token * weights).sum() / weights.sum()
 
 
 def evaluate_loss(model, examples: list[Example]) -> float:
@@ -246,91 +306,75 @@ def fit(model, train: list[Example], val: list[Example], config: TrainConfig,
 
 
 def command_for(config: TrainConfig) -> str:
-    """The `loracle train` command line that reproduces this config."""
-    defaults = TrainConfig(data="", name="")
-    parts = ["loracle", "train", "--data", str(config.data), "--name", config.name]
-    for f in fields(TrainConfig):
-        if f.name in ("data", "name", "adapters_dir"):
-            continue
-        value, default = getattr(config, f.name), getattr(defaults, f.name)
-        if value == default or (f.name == "target_modules" and tuple(value) == tuple(default)):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else f"--no-{f.name.replace('_', '-')}")
-        elif isinstance(value, (tuple, list)):
-            parts += [flag, ",".join(value)]
-        elif value is not None:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    """The `loracle train` command line that reproduces this config (data as the card names it)."""
+    from app.cliconfig import to_flags
+
+    data = data_reference(config.data)["path"] if Path(config.data).is_file() else config.data
+    return shlex.join(["loracle", "train", *to_flags(replace(config, data=data), skip=("adapters_dir",))])
 
 
-def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None,
-          retrieved: list[list[Passage]] | None = None):
-    """Train a LoRA adapter and install it in the registry; returns its `registry.AdapterInfo`.
+def data_reference(path: str | Path) -> dict:
+    """How a card names its training data: a path relative to the working folder when the file is inside
+    it (e.g. data/pubmedqa/train.jsonl), else the file name alone; never an absolute path."""
+    from app.models import sha256_file
 
-    `retrieved` (ranked passages per data item) replaces the index search when given. Nothing is
-    installed unless training completes: an exception (also one raised by `progress`) leaves the
-    registry as it was.
-    """
+    path = Path(path)
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = path.name
+    return {"path": shown, "sha256": sha256_file(path)}
+
+
+def _retrieved_for_splits(items, train_items, val_items, config, retrieved):
+    if config.retrieval_aware and retrieved is None:
+        retrieved = retrieve_for(items, config)
+    if retrieved is None:
+        return None, None
+    by_id = {str(it.get("id")): r for it, r in zip(items, retrieved)}
+    return [by_id[str(it.get("id"))] for it in train_items], [by_id[str(it.get("id"))] for it in val_items]
+
+
+def _wrap(model, info, config: TrainConfig, root: Path):
+    """The model with a trainable LoRA: the parent adapter's weights, or a fresh one."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from app import registry
+
+    if config.parent:
+        pinfo = registry.get(config.parent, root)
+        registry.check_compatible(pinfo, info.name)
+        return PeftModel.from_pretrained(model, str(pinfo.path), is_trainable=True), \
+            {"name": pinfo.name, "version": pinfo.version}
+    n_layers = model.config.num_hidden_layers
+    if config.layers is not None and config.layers > n_layers:
+        raise ValueError(f"--layers {config.layers} is out of range: the base model has {n_layers} layers")
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+                      layers_to_transform=list(range(n_layers - config.layers, n_layers)) if config.layers else None)
+    return get_peft_model(model, lora), None
+
+
+def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, result, parent) -> dict:
     import datetime as dt
 
     import peft
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
 
-    from app import models, registry
-    from app.config import adapters_dir
-    from app.models import sha256_file
-
-    root = Path(config.adapters_dir) if config.adapters_dir else adapters_dir()
-    registry.check_name(config.name)
-    if not 0 <= config.gold_fraction <= 1 or not 0 <= config.no_passage_fraction <= 1:
-        raise ValueError("--gold-fraction and the no-passage fraction must lie between 0 and 1")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    items = load_items(config.data)[: config.limit or None]
-    train_items, val_items = split(items, config.val_fraction, config.seed)
-    model, tokenizer, info = models.load(config.base_model)
-    if config.retrieval_aware and retrieved is None:
-        retrieved = retrieve_for(items, config)
-    if retrieved is not None:
-        by_id = {str(it.get("id")): r for it, r in zip(items, retrieved)}
-        train_ret = [by_id[str(it.get("id"))] for it in train_items]
-        val_ret = [by_id[str(it.get("id"))] for it in val_items]
-    else:
-        train_ret = val_ret = None
-    train_ex = build_examples(train_items, tokenizer, config, train_ret)
-    val_ex = build_examples(val_items, tokenizer, config, val_ret)
-
-    parent = None
-    if config.parent:
-        pinfo = registry.get(config.parent, root)
-        registry.check_compatible(pinfo, info.name)
-        model = PeftModel.from_pretrained(model, str(pinfo.path), is_trainable=True)
-        parent = {"name": pinfo.name, "version": pinfo.version}
-    else:
-        n_layers = model.config.num_hidden_layers
-        if config.layers is not None and not 1 <= config.layers <= n_layers:
-            raise ValueError(f"--layers {config.layers} is out of range: the base model has {n_layers} layers")
-        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM",
-                          layers_to_transform=list(range(n_layers - config.layers, n_layers)) if config.layers else None)
-        model = get_peft_model(model, lora)
-    result = fit(model, train_ex, val_ex, config, progress)
-
-    with_passages = [e for e in train_ex if e.passages]
     card = {
         "description": f"LoRA adapter trained on {Path(config.data).name}"
                        + (" with retrieved passages (RAFT-style)" if config.retrieval_aware else ""),
         "base_model": {"name": info.name, "spec": info.spec, "sha256": info.sha256},
-        "training_data": {"path": str(Path(config.data).resolve()), "sha256": sha256_file(Path(config.data)),
-                          "items": len(items), "train": len(train_items), "val": len(val_items)},
+        "training_data": {**data_reference(config.data), "items": len(items), "train": len(train_items),
+                          "val": len(val_items), "val_ids": [str(it.get("id")) for it in val_items]},
         "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
                             if k not in ("data", "name", "adapters_dir")},
-        "retrieval": {"index": str(config.index), "k": config.k, "examples_with_passages": len(with_passages),
+        "retrieval": {"index": str(config.index), "k": config.k,
+                      "examples_with_passages": sum(1 for e in train_ex if e.passages),
                       "examples_with_gold": sum(1 for e in train_ex if e.gold)} if config.retrieval_aware else None,
+        # what the engine uses at answer time when this adapter is on (unless the user overrides it)
+        "answer_settings": {"k": config.k, "passage_chars": config.passage_chars, "template": None,
+                            "index": str(config.index)} if config.retrieval_aware else None,
         "loss_curve": [list(p) for p in result.train_curve],
         "val_loss_curve": [list(p) for p in result.val_curve],
         "training_time_s": result.seconds,
@@ -340,6 +384,14 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     }
     if parent:
         card["parent"] = parent
+    return card
+
+
+def _install(model, info, card: dict, config: TrainConfig, root: Path):
+    from app import registry
+
+    for peft_config in model.peft_config.values():  # the hub id, not this machine's cache folder
+        peft_config.base_model_name_or_path = info.name
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".train-{config.name}.", dir=root))
     try:
@@ -349,42 +401,46 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         shutil.rmtree(staging, ignore_errors=True)
 
 
-_HELP = {
-    "data": "QA JSONL file (fields: question, long_answer, final_decision, context_doc_id)",
-    "name": "adapter name in the registry (a new version when it exists)",
-    "base_model": "base model spec: built-in name, local folder or hub id (default smollm2-135m-instruct)",
-    "target_modules": "comma-separated module names to adapt",
-    "retrieval_aware": "RAFT-style: training prompts carry retrieved passages from --index",
-    "gold_fraction": "share of passage-carrying examples that include the gold document",
-    "no_passage_fraction": "share of examples with no passages (plain template)",
-    "k": "passages per training prompt",
-    "limit": "use only the first N items",
-    "layers": "adapt only the last N transformer layers (default: all)",
-    "parent": "continue training from this registered adapter",
-}
+def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None,
+          retrieved: list[list[Passage]] | None = None):
+    """Train a LoRA adapter and install it in the registry; returns its `registry.AdapterInfo`.
+
+    `retrieved` (ranked passages per data item) replaces the index search when given. Nothing is
+    installed unless training completes: an exception (also one raised by `progress`) leaves the
+    registry as it was.
+
+        info = train(TrainConfig(data="data/pubmedqa/train.jsonl", name="my-med", retrieval_aware=True))
+    """
+    import torch
+
+    from app import models
+    from app.config import adapters_dir
+
+    root = Path(config.adapters_dir) if config.adapters_dir else adapters_dir()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    items = load_items(config.data)[: config.limit or None]
+    train_items, val_items = split(items, config.val_fraction, config.seed)
+    model, tokenizer, info = models.load(config.base_model)
+    train_ret, val_ret = _retrieved_for_splits(items, train_items, val_items, config, retrieved)
+    weights = class_weights(train_items, config.class_balance)
+    train_ex = build_examples(train_items, tokenizer, config, train_ret, weights)
+    val_ex = build_examples(val_items, tokenizer, config, val_ret, weights)
+    model, parent = _wrap(model, info, config, root)
+    result = fit(model, train_ex, val_ex, config, progress)
+    card = _card(config, info, items, train_items, val_items, train_ex, result, parent)
+    return _install(model, info, card, config, root)
 
 
 def add_arguments(parser) -> None:
-    """CLI flags mirroring TrainConfig's fields (one place for defaults)."""
-    defaults = TrainConfig(data="", name="")
-    for f in fields(TrainConfig):
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        names = [flag, "-k"] if f.name == "k" else [flag]
-        help_ = _HELP.get(f.name, f.name.replace("_", " "))
-        if f.name in ("data", "name"):
-            parser.add_argument(*names, required=True, help=help_)
-        elif isinstance(default, bool):
-            parser.add_argument(*names, action="store_true", help=help_)
-        elif isinstance(default, tuple):
-            parser.add_argument(*names, default=",".join(default), help=f"{help_} (default {','.join(default)})")
-        else:
-            kind = {"int": int, "float": float}.get(type(default).__name__, str)
-            if f.name in ("limit", "threads", "layers"):
-                kind = int
-            parser.add_argument(*names, type=kind, default=default, help=f"{help_} (default {default})")
+    """CLI flags mirroring TrainConfig's fields (app.cliconfig: one mechanism for every config)."""
+    from app.cliconfig import add_arguments as add
+
+    add(parser, TrainConfig, required=("data", "name"))
 
 
 def config_from_args(args) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    values["target_modules"] = tuple(m.strip() for m in values["target_modules"].split(",") if m.strip())
-    return TrainConfig(**values)
+    from app.cliconfig import from_args
+
+    return from_args(TrainConfig, args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ingest.types import Chunk
@@ -43,8 +44,25 @@ class Citation:
     passage: Passage | None = None
 
 
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter version resolved once (like vLLM's LoRARequest): who it is, where, and the backend's name."""
+
+    name: str  # registry name
+    version: int
+    path: Path
+    key: str  # the name the backend knows it by (the registry name for the current version)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
 @dataclass
 class Answer:
+    """One answer: text, the mode really used, passages and citations, the decision when one was asked for,
+    the answer-time settings used (k, passage length, template, index, and where they came from), timings."""
+
     text: str
     mode: str  # the mode really used: one of MODES
     adapter: str | None  # "name@version" or None
@@ -52,6 +70,8 @@ class Answer:
     citations: list[Citation] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # retrieval_s, prompt_tokens, generation_s, tokens_per_s
     question: str = ""
+    decision: Any = None  # app.decision.Decision or None
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

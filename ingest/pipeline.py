@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ingest.chunk import chunk, validate
-from ingest.config import ChunkConfig, IngestConfig, home
+from ingest.config import DEFAULT_INDEX, ChunkConfig, IngestConfig, home
+from ingest.formats import format_of
 from ingest.index import Index, index_path
 from ingest.load import LoadError, iter_files, load
+from ingest.safety import FileCheck, SafetyLimits, screen_file
 from ingest.types import Chunk, Document
 
 Progress = Callable[[int, int, str], None]  # (documents done, documents expected, current name)
-DEFAULT_INDEX = "pubmedqa"
 
 
 @dataclass
@@ -73,7 +74,17 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
                  progress: Progress | None = None, remove: Iterable[str] = ()) -> IngestReport:
     """Add files / folders / JSONL corpora to `index` (created when missing) and remove doc ids.
 
-    With `config=None` an existing index keeps its own embedder and chunker settings."""
+    `index` is a name under indexes/ or a folder path. With `config=None` an existing index keeps its
+    own embedder and chunker settings (a new one gets `IngestConfig()`'s). Unchanged documents are
+    skipped, changed ones replaced; a file that cannot be ingested is listed in `report.rejected`
+    with a one-line reason while the rest go in. `progress(done, total, name)` is called per document.
+    All changes are committed together: on an exception the index is left as it was.
+
+    >>> from ingest import ingest_paths
+    >>> report = ingest_paths(["papers/", "notes.md"], index="my-papers")
+    >>> report.added, report.skipped, report.rejected
+    (['notes', 'paper-1'], [], [])
+    """
     from ingest.embed import get_embedder
 
     ix, config = _open(index, config)
@@ -103,6 +114,7 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
 
 
 def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestReport:
+    """Remove documents by id; an id not in the index is listed in `report.rejected`."""
     return ingest_paths([], index=index, remove=doc_ids)
 
 
@@ -113,17 +125,17 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
     try:
         for path in files:
             try:
-                reason = _safety_check(path, config) if path.exists() else None
-                if reason:
-                    raise LoadError(reason)
-                if path.suffix.lower() != ".jsonl" and path.is_file():
+                checked = _safety_check(path, config) if path.exists() else FileCheck(None)  # load: "not found"
+                if checked.reason:
+                    raise LoadError(checked.reason)
+                if format_of(path) != "jsonl" and path.is_file():
                     sha = hashlib.sha256(path.read_bytes()).hexdigest()
                     if known.get(path.stem) == (sha, key) and path.stem not in seen:
                         seen[path.stem] = str(path)
                         report.skipped.append(path.stem)
                         tracker.step(path.name)
                         continue
-                docs = load(path)
+                docs = load(path, pdf=checked.pdf)
             except LoadError as exc:
                 report.rejected.append((str(path), str(exc)))
                 tracker.step(path.name)
@@ -150,12 +162,11 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
         jobs.put(None)
 
 
-def _safety_check(path: Path, config: IngestConfig) -> str | None:
+def _safety_check(path: Path, config: IngestConfig) -> FileCheck:
     """ingest.safety screens untrusted files (size, type vs content, encoding, zip bombs, encrypted or
-    corrupt PDFs...) before any parser sees them; limits: config.max_file_bytes, then LORACLE_* vars."""
-    from ingest.safety import SafetyLimits, check_file
-
-    return check_file(path, SafetyLimits.from_env(config))
+    corrupt PDFs...) before any parser sees them; limits: config.max_file_bytes, then LORACLE_* vars.
+    Returns its `FileCheck`, whose opened PDF reader `load` reuses."""
+    return screen_file(path, SafetyLimits.from_env(config))
 
 
 def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: dict, report: IngestReport,

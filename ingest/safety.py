@@ -4,7 +4,8 @@ Each `check_*` function returns None when the input is fine, else ONE line that 
 says what is wrong and how to fix it (ready for a per-file error list or the UI). The `*_or_raise`
 style helpers (`decode_text`, `safe_upload_name`, `clean_question`) raise `UnsafeInput` (a
 ValueError) with the same kind of line. Nothing here executes or fully parses the content: files are
-recognised by their leading bytes (the `filetype` package), zip members by their declared sizes,
+recognised by their leading bytes (`ingest.formats.sniff`, which uses the `filetype` package) and
+checked against the one format table (`ingest.formats.FORMATS`), zip members by their declared sizes,
 PDFs through pypdf's cross-reference reader, XML through defusedxml's entity-free parser.
 
 Limits live in `SafetyLimits` (defaults below, `max_file_bytes` from `IngestConfig`); every field
@@ -19,13 +20,11 @@ import stat
 import unicodedata
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ingest.config import IngestConfig
-
-TEXT_EXTS = {".txt", ".md", ".markdown", ".html", ".htm", ".xml", ".jsonl"}
-BINARY_EXTS = {".pdf", ".docx"}
-SUPPORTED_EXTS = TEXT_EXTS | BINARY_EXTS
-LINE_CHECKED_EXTS = {".txt", ".md", ".markdown"}  # markup is often minified onto one line; prose is not
+from ingest.formats import (FORMATS, MARKUP_FORMATS, PROSE_FORMATS, content_kind, format_of, looks_utf16, sniff,
+                            supported_extensions)
 
 
 class UnsafeInput(ValueError):
@@ -68,46 +67,8 @@ def human_bytes(n: float) -> str:
     return f"{n} GB"
 
 
-# --- content sniffing ------------------------------------------------------------------------
-def sniff(head: bytes) -> str:
-    """What the leading bytes say the file is: 'pdf', 'docx', 'zip', 'ole' (old Office or an
-    encrypted Office file), another binary format's extension (from `filetype`), 'text' or 'empty'."""
-    import filetype
-
-    if not head:
-        return "empty"
-    at = head.find(b"%PDF-", 0, 1024)  # the PDF spec allows junk before the header
-    if at == 0 or (at > 0 and (not head[:at].strip() or b" obj" in head)):
-        return "pdf"
-    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
-        return "ole"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "docx" if b"word/" in head else "zip"
-    if head.startswith((codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "text"
-    kind = filetype.guess(head)
-    if kind is not None:
-        return kind.extension
-    if _looks_utf16(head) is None and (b"\x00" in head or len(re.findall(rb"[\x01-\x08\x0e-\x1f]", head)) > 0.1 * len(head)):
-        return "binary"
-    return "text"
-
-
 # --- text decoding ---------------------------------------------------------------------------
 _BAD_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
-
-
-def _looks_utf16(data: bytes) -> str | None:
-    """UTF-16 without a BOM: ASCII-heavy text has a zero in every other byte."""
-    sample = data[:4096]
-    if len(sample) < 4:
-        return None
-    even, odd = sample[0::2], sample[1::2]
-    if odd.count(0) > 0.4 * len(odd) and even.count(0) < 0.05 * len(even):
-        return "utf-16-le"
-    if even.count(0) > 0.4 * len(even) and odd.count(0) < 0.05 * len(odd):
-        return "utf-16-be"
-    return None
 
 
 def decode_text(data: bytes, name: str = "text") -> str:
@@ -123,7 +84,7 @@ def decode_text(data: bytes, name: str = "text") -> str:
                 raise UnsafeInput(f"'{name}' starts with a {enc.upper()} byte-order mark but is not valid {enc.upper()} "
                                   f"({exc.reason} at byte {exc.start}); re-save it as UTF-8") from None
             return _refuse_binary(text, name)
-    guessed = _looks_utf16(data)
+    guessed = looks_utf16(data)
     if guessed:
         try:
             return _refuse_binary(data.decode(guessed), name)
@@ -156,7 +117,7 @@ def check_text(text: str, name: str, ext: str = ".txt", limits: SafetyLimits | N
     if not text.strip():
         return f"'{name}' has no text to index (empty, only whitespace, or a scanned/image-only document); " \
                f"add a text layer (OCR) or upload a file with text"
-    if ext in LINE_CHECKED_EXTS:
+    if FORMATS.get(ext.lower()) in PROSE_FORMATS:
         longest = max((len(line) for line in text.splitlines()), default=0)
         if longest > limits.max_line_chars:
             return f"'{name}' has a single line of {longest:,} characters (limit {limits.max_line_chars:,}); it is " \
@@ -165,11 +126,11 @@ def check_text(text: str, name: str, ext: str = ".txt", limits: SafetyLimits | N
 
 
 # --- per-format checks -----------------------------------------------------------------------
-def _check_markup(text: str, name: str, ext: str) -> str | None:
+def _check_markup(text: str, name: str, fmt: str) -> str | None:
     if re.search(r"<!ENTITY", text, re.IGNORECASE):
         return f"'{name}' declares XML entities (<!ENTITY ...>), which can expand without bound or read local " \
                f"files; remove the DTD and upload it again"
-    if ext == ".xml":
+    if fmt == "xml":
         import defusedxml.ElementTree as DET
 
         try:
@@ -181,7 +142,8 @@ def _check_markup(text: str, name: str, ext: str) -> str | None:
     return None
 
 
-def _check_pdf(path: Path, name: str, limits: SafetyLimits) -> str | None:
+def _check_pdf(path: Path, name: str, limits: SafetyLimits) -> FileCheck:
+    """Opens the PDF with pypdf (once: the reader is handed on to the loader in the FileCheck)."""
     import logging
 
     from pypdf import PdfReader
@@ -196,18 +158,19 @@ def _check_pdf(path: Path, name: str, limits: SafetyLimits) -> str | None:
             except Exception:  # noqa: BLE001 - unsupported or broken encryption: same answer
                 opened = 0
             if not opened:
-                return f"'{name}' is a password-protected (encrypted) PDF; remove the password (print or " \
-                       f"save it without protection) and upload it again"
+                return FileCheck(f"'{name}' is a password-protected (encrypted) PDF; remove the password "
+                                 f"(print or save it without protection) and upload it again")
         pages = len(reader.pages)
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,
             RecursionError, AssertionError) as exc:
-        return f"'{name}' is a corrupt or truncated PDF ({type(exc).__name__}: {str(exc)[:120]}); re-export " \
-               f"it from the original application"
+        return FileCheck(f"'{name}' is a corrupt or truncated PDF ({type(exc).__name__}: {str(exc)[:120]}); "
+                         f"re-export it from the original application")
     if pages == 0:
-        return f"'{name}' is a PDF with no pages; re-export it from the original application"
+        return FileCheck(f"'{name}' is a PDF with no pages; re-export it from the original application")
     if pages > limits.max_pdf_pages:
-        return f"'{name}' has {pages:,} pages (limit {limits.max_pdf_pages:,}); split it or raise LORACLE_MAX_PDF_PAGES"
-    return None
+        return FileCheck(f"'{name}' has {pages:,} pages (limit {limits.max_pdf_pages:,}); split it or raise "
+                         f"LORACLE_MAX_PDF_PAGES")
+    return FileCheck(None, pdf=reader)
 
 
 def _check_docx(path: Path, name: str, limits: SafetyLimits) -> str | None:
@@ -241,17 +204,56 @@ def _check_docx(path: Path, name: str, limits: SafetyLimits) -> str | None:
     return None
 
 
-_EXPECTED = {".pdf": "pdf", ".docx": "docx"}
 _FIX = {"pdf": ".pdf", "docx": ".docx", "zip": ".zip (unpack it first)", "ole": ".doc/.xls (save it as .docx)"}
+
+
+@dataclass
+class FileCheck:
+    """`reason`: None when the file may go to a loader, else the one-line refusal. `pdf`: the pypdf
+    reader the PDF check opened, for `ingest.load.load(path, pdf=...)` to reuse rather than re-parse."""
+
+    reason: str | None
+    pdf: Any = None
 
 
 def check_file(path: str | os.PathLike, limits: SafetyLimits | None = None, name: str | None = None) -> str | None:
     """None if `path` may be handed to a loader, else one line saying why not and what to do.
 
     `name` is what to call the file in messages (the uploaded name); defaults to the path's name."""
+    return screen_file(path, limits, name).reason
+
+
+def screen_file(path: str | os.PathLike, limits: SafetyLimits | None = None, name: str | None = None) -> FileCheck:
+    """`check_file`, also handing back what the checks opened (a PDF's reader) for the loader to reuse."""
     limits = limits or SafetyLimits.from_env()
     path = Path(path)
     name = name or path.name
+    fmt = format_of(path)
+    reason = _check_stat(path, name, fmt, limits)
+    if reason:
+        return FileCheck(reason)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError as exc:
+        return FileCheck(f"'{name}' cannot be read ({exc.strerror}); check its permissions")
+    reason = _check_content_kind(sniff(head), fmt, path.suffix.lower(), name)
+    if reason:
+        return FileCheck(reason)
+    if fmt == "pdf":
+        return _check_pdf(path, name, limits)
+    if fmt == "docx":
+        return FileCheck(_check_docx(path, name, limits))
+    try:
+        text = decode_text(path.read_bytes(), name)
+    except UnsafeInput as exc:
+        return FileCheck(str(exc))
+    reason = check_text(text, name, path.suffix.lower(), limits)
+    return FileCheck(reason or (_check_markup(text, name, fmt) if fmt in MARKUP_FORMATS else None))
+
+
+def _check_stat(path: Path, name: str, fmt: str | None, limits: SafetyLimits) -> str | None:
+    """A regular file of a supported type, neither empty nor over the size limit."""
     ext = path.suffix.lower()
     try:
         st = path.stat()
@@ -259,40 +261,29 @@ def check_file(path: str | os.PathLike, limits: SafetyLimits | None = None, name
         return f"'{name}' cannot be read ({exc.strerror}); check the path and its permissions"
     if not stat.S_ISREG(st.st_mode):
         return f"'{name}' is not a regular file (a device, pipe, socket or folder); give a document file"
-    if ext not in SUPPORTED_EXTS:
+    if fmt is None:
         return f"'{name}' has an unsupported type '{ext or '(no extension)'}'; supported: " \
-               f"{', '.join(sorted(SUPPORTED_EXTS))}"
+               f"{', '.join(supported_extensions())}"
     if st.st_size == 0:
         return f"'{name}' is empty (0 bytes); upload a file with content"
     if st.st_size > limits.max_file_bytes:
         return f"'{name}' is {human_bytes(st.st_size)}, over the {human_bytes(limits.max_file_bytes)} limit; split it " \
                f"or raise the limit (IngestConfig.max_file_bytes / LORACLE_MAX_FILE_BYTES)"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8192)
-    except OSError as exc:
-        return f"'{name}' cannot be read ({exc.strerror}); check its permissions"
-    kind = sniff(head)
-    if kind == "zip" and ext == ".docx":  # a member other than word/ may come first: the directory decides
+    return None
+
+
+def _check_content_kind(kind: str, fmt: str, ext: str, name: str) -> str | None:
+    """The leading bytes (`sniff`) must be what the extension's format promises."""
+    if kind == "zip" and fmt == "docx":  # a member other than word/ may come first: the directory decides
         kind = "docx"
-    expected = _EXPECTED.get(ext, "text")
-    if kind != expected:
-        hint = f"rename it to {_FIX[kind]}" if kind in _FIX and kind != "text" else "upload the original document"
-        if kind == "ole" and ext == ".docx":
-            return f"'{name}' is a password-protected (encrypted) or old-format Office file, not a .docx; remove " \
-                   f"the password and save it as .docx"
-        what = {"text": "plain text", "binary": "unrecognised binary data"}.get(kind, kind.upper())
-        return f"'{name}' has extension '{ext}' but its content is {what}; {hint}"
-    if kind == "pdf":
-        return _check_pdf(path, name, limits)
-    if kind == "docx":
-        return _check_docx(path, name, limits)
-    try:
-        text = decode_text(path.read_bytes(), name)
-    except UnsafeInput as exc:
-        return str(exc)
-    return check_text(text, name, ext, limits) or (_check_markup(text, name, ext) if ext in {".xml", ".html", ".htm"}
-                                                   else None)
+    if kind == content_kind(fmt):
+        return None
+    if kind == "ole" and fmt == "docx":
+        return f"'{name}' is a password-protected (encrypted) or old-format Office file, not a .docx; remove " \
+               f"the password and save it as .docx"
+    hint = f"rename it to {_FIX[kind]}" if kind in _FIX else "upload the original document"
+    what = {"text": "plain text", "binary": "unrecognised binary data"}.get(kind, kind.upper())
+    return f"'{name}' has extension '{ext}' but its content is {what}; {hint}"
 
 
 # --- names -----------------------------------------------------------------------------------

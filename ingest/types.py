@@ -1,4 +1,5 @@
-"""Plain dataclasses passed between the ingestion stages (DESIGN.md: no framework objects cross a boundary)."""
+"""Plain dataclasses passed between the ingestion stages. By design no framework object (a langchain
+Document, a Streamlit value) crosses a module boundary: loaders and splitters convert to these at once."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,8 @@ class Document:
     doc_id: str  # stable id: file name without extension, or the corpus record's doc_id
     source: str  # where it came from: a path or a URL
     text: str
-    metadata: dict[str, Any] = field(default_factory=dict)  # title, format, sha256, sections/pages (offsets)
+    # title, format, sha256, spans ([start, end, page, section] per piece); a JSONL record's extra fields
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

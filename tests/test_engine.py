@@ -168,8 +168,8 @@ def test_adapter_folder_path_and_wrong_base_refused(setup, tiny_model_dir):
     assert "HuggingFaceTB/SmolLM2-360M" in str(exc.value) and "loracle-test/tiny-llama" in str(exc.value)
     with pytest.raises(FileNotFoundError, match="no adapter 'missing'"):
         engine.answer(QUESTIONS[0], adapter="missing")
-    name = engine.load_adapter(str(root / "alpha"))  # a folder path works too
-    assert name == "alpha"
+    ref = engine.load_adapter(str(root / "alpha"))  # a folder path works too
+    assert (ref.name, ref.key, ref.label) == ("alpha", "alpha", "alpha@v1")
 
 
 def test_empty_question_is_refused(setup):

@@ -10,7 +10,8 @@ import pytest
 from app import metrics
 from app.evaluate import (EvalResult, QAItem, _row, compare_results, load_questions, load_results,
                           save_to_card, summarize, write_results)
-from app.prompts import parse_citations
+from app.decision import Decision
+from app.prompts import parse_citations, parse_decision
 from app.types import Answer, Passage
 from ingest.types import Chunk
 
@@ -24,14 +25,17 @@ def passage(doc_id: str, rank: int) -> Passage:
 
 
 def answer(text: str, mode: str, passages: list[Passage] | None = None, seconds: float = 1.0) -> Answer:
+    """An answer as free generation gives it: the decision read from the text."""
     passages = passages or []
+    label = parse_decision(text)
     return Answer(text, mode, "med@v1" if "lora" in mode else None, passages, parse_citations(text, passages),
-                  {"retrieval_s": 0.5 if passages else 0.0, "generation_s": seconds})
+                  {"retrieval_s": 0.5 if passages else 0.0, "generation_s": seconds},
+                  decision=Decision(label, {}, {}, "parsed") if label else None, settings={"k": 2})
 
 
 def rows_for(mode: str, texts: list[str], passages: list[list[Passage]] | None = None) -> list[dict]:
     passages = passages or [[] for _ in texts]
-    return [_row(item, mode, answer(t, mode, p), k=2) for item, t, p in zip(ITEMS, texts, passages)]
+    return [_row(item, mode, answer(t, mode, p)) for item, t, p in zip(ITEMS, texts, passages)]
 
 
 def test_accuracy_exactly_two_thirds_and_parse_failure_counts_as_no_decision():
@@ -118,7 +122,7 @@ def test_missing_optional_fields_switch_metrics_off(tmp_path):
     path.write_text(json.dumps({"id": "a", "question": "What is B?"}) + "\n\n")
     (item,) = load_questions(path)
     assert (item.context_doc_id, item.final_decision, item.long_answer) == (None, None, None)
-    row = _row(item, "rag", answer("B is a letter [1].", "rag", [passage("doc-1", 1)]), k=5)
+    row = _row(item, "rag", answer("B is a letter [1].", "rag", [passage("doc-1", 1)]))
     m = metrics.mode_metrics([row], k=5)
     assert not {"accuracy", "macro_f1", "rouge_l", "recall@5"} & set(m)
     assert m["citation_validity"] == 1.0
@@ -192,7 +196,7 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
     out = tmp_path / "run"
     argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--adapter", "med", "--index", index,
             "-k", "2", "--limit", "3", "--questions-per-batch", "2", "--max-new-tokens", "3",
-            "--base-model", str(tiny_model_dir), "--out", str(out), "--resamples", "200"]
+            "--base-model", str(tiny_model_dir), "--out", str(out), "--n-resamples", "200"]
     assert main(argv + ["--modes", "base,rag"]) == 0
     first = {(r["id"], r["mode"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     # --resume keeps base and rag and runs only the two adapter modes
@@ -244,3 +248,58 @@ def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_mod
     summary = json.loads(next(out.glob("b-*/summary.json")).read_text())
     assert summary["split_by_retrieval"] is False and summary["metrics"]["lora+rag"]["n"] == 2
     assert (out / "compare.md").read_text().startswith(f"Regression report: {current} against med@v1")
+
+
+def _verdict_rows(mode: str, decisions: list[str], latency: float, tokens: int) -> list[dict]:
+    golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
+    return [{"id": f"q{i}", "mode": mode, "decision": d, "gold": g, "latency_s": latency,
+             "timings": {"prompt_tokens": tokens}} for i, (d, g) in enumerate(zip(decisions, golds))]
+
+
+def test_verdict_says_not_significant_on_identical_results_and_picks_the_cheaper_mode():
+    from app.verdict import verdict
+
+    golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
+    same = [g if i % 2 else "yes" for i, g in enumerate(golds)]
+    rows = _verdict_rows("lora", same, 0.5, 80) + _verdict_rows("lora+rag", same, 2.0, 700)
+    summary = summarize(rows, {"modes": ["lora", "lora+rag"], "k": 3})
+    v = summary["verdict"]
+    assert v["metric"] == "macro_f1" and v["values"]["lora"] == v["values"]["lora+rag"]
+    assert all(not c["significant"] for c in v["comparisons"])
+    assert v["recommended"] == "lora" and "not significant" in v["text"] and "lora is enough" in v["text"]
+
+
+def test_verdict_names_a_significant_winner():
+    from app.verdict import verdict
+
+    golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
+    rows = _verdict_rows("rag", golds, 2.0, 700) + _verdict_rows("base", ["yes"] * 24, 0.5, 80)
+    v = verdict(rows, summarize(rows, {"modes": ["base", "rag"], "k": 3}))
+    assert v["best"] == "rag" and v["recommended"] == "rag"
+    assert v["comparisons"][0]["significant"] and v["comparisons"][0]["ci_low"] > 0
+    assert "**rag** scores best by macro-F1" in v["text"]
+
+
+def test_summary_reports_uncalibrated_parsed_and_per_class_recall():
+    rows = _verdict_rows("rag", ["no"] * 24, 1.0, 500)
+    for r in rows:
+        r.update(logprobs={"yes": -0.1, "no": -3.0, "maybe": -4.0}, uncalibrated_decision="yes",
+                 free_answer="It depends.", parsed_decision=None, decision_source="scored")
+    m = summarize(rows, {"modes": ["rag"], "k": 3})["metrics"]["rag"]
+    assert m["recall_no"] == 1.0 and m["recall_yes"] == 0.0
+    assert m["uncalibrated_recall_yes"] == 1.0 and m["uncalibrated_accuracy"] == 0.5
+    assert m["parsed_no_decision_rate"] == 1.0 and m["parsed_accuracy"] == 0.0
+    assert m["prompt_tokens_mean"] == 500
+
+
+def test_few_shot_examples_are_balanced_and_never_from_the_evaluated_set(tmp_path):
+    from app.evaluate import few_shot_examples
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Is P{i}?", "final_decision": d,
+                                        "long_answer": f"P{i} holds. More text."}) + "\n"
+                            for i, d in enumerate(["yes"] * 6 + ["no"] * 3 + ["maybe"] * 3)))
+    shots = few_shot_examples(str(pool), 3, ITEMS)
+    assert sorted(a.split(".")[0] for _, a in shots) == ["Maybe", "No", "Yes"]
+    with pytest.raises(ValueError, match="overlap the evaluated questions"):
+        few_shot_examples(str(pool), 3, [QAItem("p1", "Is P1?")])

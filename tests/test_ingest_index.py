@@ -11,7 +11,7 @@ import pytest
 from ingest.config import ChunkConfig, IngestConfig
 from ingest.index import Index, IndexLockedError, list_indexes, remove_index
 from ingest.pipeline import ensure_default_index, ingest_paths, remove
-from tests.test_ingest_load import make_docx, make_pdf
+from tests.test_ingest_load import make_docx
 
 MIXED = ["pubmed-17089900.txt", "pubmed-9854965.md", "pubmed-23386371.html", "pubmed-17220021.pdf"]
 MEDQUAD_XML = "medquad-GARD-0000989.xml"
@@ -212,4 +212,36 @@ def test_hnsw_index_type_supports_replace_and_remove(docs, tmp_path):
     assert ix.manifest["index_type"] == "hnsw" and len(ix) == sum(d["chunks"] for d in ix.documents())
     assert search_docs(ix, "motor neuron disease dementia and aphasia")[0] == "pubmed-9854965"
     assert "pubmed-17089900" not in search_docs(ix, "Paget disease of bone", k=10)
+    ix.close()
+
+
+def test_public_api_add_search_remove(tmp_path):
+    """`from ingest import ingest_paths, Index` is the package's entry point; Index.add/search/remove
+    work on their own, without the pipeline."""
+    import subprocess
+    import sys
+
+    import ingest
+    from ingest import Index as PublicIndex
+    from ingest import ingest_paths as public_ingest_paths
+    from ingest.chunk import chunk
+    from ingest.embed import get_embedder
+    from ingest.types import Document
+
+    assert PublicIndex is Index and public_ingest_paths is ingest_paths and "ingest_paths" in dir(ingest)
+    assert sorted(ingest.__all__) == sorted(ingest._EXPORTS) and all(getattr(ingest, n) for n in ingest.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ingest.nope  # noqa: B018
+    lazy = "import ingest, sys; print(any(m in sys.modules for m in ('ingest.pipeline', 'faiss', 'torch')))"
+    assert subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True).stdout.strip() == "False"
+
+    ix = Index.create(tmp_path / "ix")
+    embedder = get_embedder(ix.embedder)
+    doc = Document("note-1", "note-1.txt", "Aspirin relieved tension headache in most adults.", {"title": "Note 1"})
+    chunks = chunk(doc)
+    ix.add(doc, chunks, embedder.encode([c.text for c in chunks]))
+    scores, ids = ix.search(embedder.encode(["does aspirin help a headache?"]), k=3)
+    assert [c.doc_id for c in ix.get_chunks(ids[0])] == ["note-1"] and scores[0][0] > 0.5
+    assert ix.manifest["counts"] == {"documents": 1, "chunks": 1}
+    assert ix.remove("note-1") and not ix.remove("note-1") and len(ix) == 0
     ix.close()

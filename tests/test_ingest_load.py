@@ -130,3 +130,45 @@ def test_content_beats_extension(tmp_path):
     renamed.write_bytes(pdf.read_bytes())
     doc = load(renamed)[0]
     assert doc.metadata["format"] == "pdf" and "lupus nephritis" in doc.text
+
+
+def test_safety_and_load_share_one_format_table(tmp_path):
+    """ingest.formats is the one table: what the safety screen accepts is what load can read."""
+    from ingest.formats import FORMATS, supported_extensions
+    from ingest.safety import check_file
+
+    assert supported_extensions() == sorted(FORMATS)
+    note = tmp_path / "note.text"  # the rarer spellings are accepted by both
+    note.write_text("Aspirin relieved tension headache.\n")
+    assert check_file(note) is None and load(note)[0].metadata["format"] == "txt"
+    odd = tmp_path / "slides.pptx"
+    odd.write_bytes(b"PK\x03\x04 something")
+    assert "unsupported" in check_file(odd) and ".text" in check_file(odd)
+    with pytest.raises(LoadError, match=r"unsupported.*\.text"):
+        load(odd)
+
+
+def test_pipeline_parses_each_pdf_with_pypdf_once(tmp_path, monkeypatch):
+    """The safety screen opens the PDF; load reuses that reader instead of opening it again.
+    (unstructured's partition_pdf opens one more itself, for its too-complex-PDF check: not ours.)"""
+    import sys
+
+    import pypdf
+
+    from ingest.pipeline import ingest_paths
+
+    ours = []
+    original = pypdf.PdfReader.__init__
+
+    def counting_init(self, *args, **kwargs):
+        caller = sys._getframe(1).f_code.co_filename
+        if "/ingest/" in caller.replace("\\", "/"):
+            ours.append(caller)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pypdf.PdfReader, "__init__", counting_init)
+    (tmp_path / "docs").mkdir()
+    pdf = make_pdf(tmp_path / "docs" / "report.pdf", ["Renal biopsy findings in lupus nephritis."])
+    report = ingest_paths([pdf], index=tmp_path / "ix")
+    assert report.added == ["report"] and len(ours) == 1, ours
+    assert load(pdf)[0].metadata["format"] == "pdf" and len(ours) == 2  # alone, load opens its own

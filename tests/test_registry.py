@@ -169,3 +169,80 @@ def test_leftovers_of_killed_runs_are_cleaned_once_stale(tmp_path):
     os.utime(old, (two_hours_ago, two_hours_ago))
     assert registry.list_adapters(tmp_path) == []
     assert not old.exists() and fresh.exists()  # a fresh one may belong to an install in progress
+
+
+# --- the typed card: every old shape read, one shape written, nothing lost -------------------------------
+OLD_CARD = {"format": 1, "name": "old", "version": 1, "base_model": "org/base-model",
+            "training_data": "qa.jsonl", "loss_curve": [[1, 3.0], (2, 2.5), {"step": 3, "loss": 2.0}, "junk"],
+            "val_loss_curve": [2.9, 2.7], "evals": {"v1": {"lora": {"accuracy": 0.5}}}, "team_notes": {"owner": "x"}}
+
+
+def test_card_reads_every_old_shape_and_writes_one():
+    card = registry.AdapterCard.from_dict(OLD_CARD)
+    assert card.schema_version == 1 and card.base_model == registry.BaseModelRef(name="org/base-model")
+    assert card.training_data == {"path": "qa.jsonl"}
+    assert card.loss_curve == [(1, 3.0), (2, 2.5), (3, 2.0)] and card.loss_curve[-1].loss == 2.0
+    assert [tuple(p) for p in card.val_loss_curve] == [(0, 2.9), (1, 2.7)]
+    assert card.answer_settings is None and card.calibration is None and card.extra == {"team_notes": {"owner": "x"}}
+    out = card.to_dict()
+    assert out["schema_version"] == registry.SCHEMA_VERSION and "format" not in out
+    assert out["base_model"] == {"name": "org/base-model", "spec": "", "sha256": ""}
+    assert out["loss_curve"] == [[1, 3.0], [2, 2.5], [3, 2.0]] and out["team_notes"] == {"owner": "x"}
+    assert registry.AdapterCard.from_dict(json.loads(json.dumps(out))).to_dict() == out  # stable round trip
+    assert card["evals"]["v1"]["lora"]["accuracy"] == 0.5 and card.get("missing", 1) == 1  # dict-style reads
+    readme = registry.render_readme(OLD_CARD)  # the string base model used to crash this
+    assert "Base model: `org/base-model`" in readme and "3 points; first [1, 3.0], last [3, 2.0]" in readme
+    with pytest.raises(ValueError, match="version 'two'"):
+        registry.AdapterCard.from_dict({"version": "two"})
+
+
+def test_old_card_on_disk_is_shown_and_rewritten_without_loss(peft_folder, tiny_model_dir, tmp_path, capsys):
+    from app.cli import main
+
+    root = tmp_path / "adapters"
+    registry.install(staged(peft_folder, tmp_path), "old", card_for(tiny_model_dir), root)
+    (root / "old" / "card.json").write_text(json.dumps({**OLD_CARD, "base_model": "loracle-test/tiny-llama"}))
+    assert main(["adapters", "show", "old", "--root", str(root)]) == 0
+    assert "Base model: `loracle-test/tiny-llama`" in capsys.readouterr().out
+    info = registry.record_eval("old", {"lora": {"accuracy": 0.7}}, root)
+    on_disk = json.loads((root / "old" / "card.json").read_text())
+    assert on_disk["schema_version"] == registry.SCHEMA_VERSION and on_disk["team_notes"] == {"owner": "x"}
+    assert on_disk["base_model"]["name"] == "loracle-test/tiny-llama" and on_disk["loss_curve"][0] == [1, 3.0]
+    assert info.card.evals["v1"]["lora"]["accuracy"] == 0.7
+
+
+def test_install_takes_a_typed_card_and_keeps_the_new_fields(peft_folder, tiny_model_dir, tmp_path):
+    root = tmp_path / "adapters"
+    card = registry.AdapterCard.from_dict(card_for(tiny_model_dir))
+    card.answer_settings = {"k": 3, "passage_chars": 450, "template": "cited"}
+    card.calibration = {"lora": {"yes": -0.2, "no": 0.1, "maybe": 0.1}}
+    info = registry.install(staged(peft_folder, tmp_path), "typed", card, root)
+    assert card.name == "" and card.version == 1  # the caller's card is not modified
+    assert info.card.answer_settings["passage_chars"] == 450 and info.card.calibration["lora"]["yes"] == -0.2
+    assert json.loads((info.path / "card.json").read_text())["answer_settings"]["k"] == 3
+
+
+def test_base_model_of_a_cardless_adapter_never_comes_from_another_machines_path(peft_folder, tmp_path):
+    folder = staged(peft_folder, tmp_path)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert registry.read_folder(folder).base_model == "loracle-test/tiny-llama"  # this machine's model folder
+    for foreign in ("/nonexistent/trainer/.cache/loracle/models/smollm2-135m-instruct-b179c9523d0e",
+                    "C:\\models\\smollm2", "~/nonexistent-models/smollm2"):
+        cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": foreign}))
+        info = registry.read_folder(folder)
+        assert info.base_model == "" and info.card.base_model.name == ""  # unknown: the shape check decides
+    cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct"}))
+    assert registry.read_folder(folder).base_model == "HuggingFaceTB/SmolLM2-360M-Instruct"  # a hub id names it
+
+
+def test_check_shapes_reads_the_safetensors_header(peft_folder, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import build_tiny_llama
+
+    info = registry.read_folder(staged(peft_folder, tmp_path))
+    registry.check_shapes(info, AutoModelForCausalLM.from_pretrained(tiny_model_dir), "tiny")
+    narrow = AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path / "narrow", hidden=32))
+    with pytest.raises(ValueError, match=r"width 64\) but narrow has width 32"):
+        registry.check_shapes(info, narrow, "narrow")

@@ -120,3 +120,16 @@ def test_cli_ui_command_is_registered():
 
     args = build_parser().parse_args(["ui", "--port", "8600", "--index", "sample"])
     assert (args.port, args.index, args.func.__name__) == (8600, "sample", "_run_ui")
+
+
+def test_friendly_errors_shows_one_line_and_logs_the_traceback(caplog):
+    import logging
+
+    from app.ui.state import friendly_errors
+
+    with caplog.at_level(logging.ERROR, logger="loracle.ui"):
+        with friendly_errors("Saving the default adapter"):
+            {}["missing"]
+    record = caplog.records[-1]
+    assert record.name == "loracle.ui" and record.getMessage() == "Saving the default adapter failed"
+    assert record.exc_info and record.exc_info[0] is KeyError

@@ -5,6 +5,7 @@ adapter or retrieval is a per-request argument to the engine, never a reload.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -15,7 +16,8 @@ import streamlit as st
 
 from app.jobs import Job, runner
 
-ADAPTER_OFF = "off"
+ADAPTER_OFF = "off"  # the adapter menus' entry for "no adapter"; it becomes None at this boundary
+log = logging.getLogger("loracle.ui")
 
 
 def engine_config():
@@ -23,11 +25,7 @@ def engine_config():
     from app.config import EngineConfig
     from app.ui.settings import load_settings
 
-    cfg = EngineConfig()
-    if os.environ.get("LORACLE_MAX_NEW_TOKENS"):
-        cfg.max_new_tokens = int(os.environ["LORACLE_MAX_NEW_TOKENS"])
-    if os.environ.get("LORACLE_INDEX"):
-        cfg.index = os.environ["LORACLE_INDEX"]
+    cfg = EngineConfig.from_env()
     default = load_settings().get("default_adapter")
     if default:
         cfg.default_adapter = default
@@ -46,22 +44,25 @@ def engine_or_stop():
     try:
         return get_engine()
     except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
+        log.exception("loading the model failed")
         st.error(f"The model could not be loaded: {exc}")
         st.stop()
 
 
 @contextmanager
 def friendly_errors(action: str) -> Iterator[None]:
-    """Show any failure inside the block as one readable st.error line, never a traceback."""
+    """Show any failure inside the block as one readable st.error line, never a traceback; the traceback
+    goes to the "loracle.ui" log (the server's terminal), so the cause is not lost."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001
+        log.exception("%s failed", action)
         message = str(exc) or type(exc).__name__
         st.error(f"{action} failed: {message}")
 
 
 def adapters() -> list[Any]:
-    """Registered adapters (AppInfo objects), newest registry state every run."""
+    """Registered adapters (app.registry.AdapterInfo), newest registry state every run."""
     from app.config import adapters_dir
     from app.registry import list_adapters
 
@@ -151,6 +152,45 @@ def feedback_controls(answer: Any, key: str, compact: bool = False) -> None:
                 feedback.record(answer, rating, comment)
                 done.add(key)
                 st.success("Feedback saved. Thank you.")
+
+
+DECISION_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def decision_controls(key: str):
+    """(decide, calibrate) from two small controls: decision auto/on/off and calibration on/off."""
+    left, right = st.columns(2)
+    with left:
+        choice = st.radio("Yes/no/maybe decision", list(DECISION_CHOICES), horizontal=True, key=f"{key}_decide",
+                          help="auto: scored when the question reads as a yes/no question; on/off forces it")
+    with right:
+        calibrate = st.toggle("Calibrated", value=True, key=f"{key}_calibrate",
+                              help="apply the offsets stored with the adapter / base model to the option scores")
+    return DECISION_CHOICES[choice], calibrate
+
+
+def decision_view(answer: Any, compact: bool = False) -> None:
+    """The decision with its three probabilities as small bars, and the calibration used."""
+    d = getattr(answer, "decision", None)
+    if d is None:
+        return
+    if not d.probs:
+        st.markdown(f"**Decision: {d.label.upper()}** (read from the text)")
+        return
+    st.markdown(f"**Decision: {d.label.upper()}** ({d.probs[d.label] * 100:.0f}%)")
+    for option, p in d.probs.items():
+        st.progress(min(1.0, max(0.0, float(p))), text=f"{option} {p * 100:.0f}%")
+    if not compact:
+        st.caption(f"calibration: {d.calibration}" if d.calibration else "calibration: none (raw scores)")
+
+
+def settings_line(answer: Any) -> str:
+    s = getattr(answer, "settings", None) or {}
+    if not s or not getattr(answer, "passages", None):
+        return ""
+    src = s.get("source", {}).get("k", "")
+    chars = s.get("passage_chars") or "whole"
+    return f"k={s.get('k')}, passages {chars} chars, index {s.get('index')} ({src})"
 
 
 def timings_line(timings: dict[str, float]) -> str:

@@ -18,8 +18,10 @@ with left:
 with mid:
     retrieval = st.toggle("Retrieval", value=True, key="ask_retrieval", help="Retrieve passages from an index and cite them.")
 with right:
-    k = st.number_input("Passages (k)", min_value=1, max_value=20, value=engine.config.k if hasattr(engine, "config") else 5,
-                        key="ask_k", disabled=not retrieval)
+    k = st.number_input("Passages (k)", min_value=0, max_value=20, value=0, key="ask_k", disabled=not retrieval,
+                        help="0: the adapter's trained setting when it is on, else the engine's default "
+                             f"({engine.config.k})")
+decide, calibrate = state.decision_controls("ask")
 index = None
 if retrieval:
     index = state.index_picker("ask_index")
@@ -37,7 +39,7 @@ def ask(question: str):
 
     def deltas():
         for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
-                                  k=int(k), index=index):
+                                  k=int(k) or None, index=index, decide=decide, calibrate=calibrate):
             if isinstance(item, str):
                 yield state.md_escape(item)
             else:
@@ -69,7 +71,9 @@ def answer_details(answer, n: int, show_text: bool) -> None:
     if show_text:
         with st.chat_message("assistant"):
             st.markdown(state.md_escape(answer.text))
-    st.caption(f"mode **{answer.mode}** · adapter {answer.adapter or 'off'} · {state.timings_line(answer.timings)}")
+    state.decision_view(answer)
+    st.caption(f"mode **{answer.mode}** · adapter {answer.adapter or state.ADAPTER_OFF} · {state.timings_line(answer.timings)}"
+               + (f" · {state.settings_line(answer)}" if state.settings_line(answer) else ""))
     invalid = [c.number for c in answer.citations if not c.valid]
     if invalid:
         st.warning(f"The answer cites passages that were not given to the model: {invalid}")
@@ -91,7 +95,7 @@ if history:
             a = history[n]
             with st.expander(f"{n + 1}. [{a.mode}] {a.question[:90]}"):
                 st.markdown(state.md_escape(a.text))
-                st.caption(f"adapter {a.adapter or 'off'} · {state.timings_line(a.timings)}")
+                st.caption(f"adapter {a.adapter or state.ADAPTER_OFF} · {state.timings_line(a.timings)}")
                 if a.passages:
                     st.caption("passages: " + ", ".join(f"[{p.rank}] {p.chunk.doc_id}" for p in a.passages))
         if st.button("Clear history", key="clear_history"):

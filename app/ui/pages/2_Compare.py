@@ -21,7 +21,9 @@ with c1:
 with c2:
     index = state.index_picker("cmp_index", label="Index for the RAG modes")
 with c3:
-    k = st.number_input("k", min_value=1, max_value=20, value=3, key="cmp_k")
+    k = st.number_input("k", min_value=0, max_value=20, value=0, key="cmp_k",
+                        help="0: the adapter's trained setting for lora+rag, the engine's default for rag")
+decide, calibrate = state.decision_controls("cmp")
 
 with st.form("cmp_form"):
     question = st.text_area("Question", key="cmp_question", height=80)
@@ -39,15 +41,14 @@ if submitted:
             t0 = time.perf_counter()
             st.session_state["comparison"] = {
                 "question": question.strip(), "adapter": adapter, "index": index, "k": int(k),
-                "answers": engine.compare(question.strip(), adapter=adapter, index=index, k=int(k)),
+                "answers": engine.compare(question.strip(), adapter=adapter, index=index, k=int(k) or None,
+                                          decide=decide, calibrate=calibrate),
                 "wall_s": time.perf_counter() - t0, "n": st.session_state.get("n_comparisons", 0) + 1,
             }
             st.session_state["n_comparisons"] = st.session_state["comparison"]["n"]
 
 comparison = st.session_state.get("comparison")
 if comparison:
-    from app.prompts import parse_decision
-
     answers = comparison["answers"]
     st.markdown(f"**Q:** {state.md_escape(comparison['question'])}")
     st.caption(f"all four modes in {comparison['wall_s']:.1f} s")
@@ -57,8 +58,11 @@ if comparison:
         if a is None:
             continue
         cited = sorted({c.passage.doc_id for c in a.citations if c.valid and c.passage is not None})
-        rows.append({"mode": mode, "adapter": a.adapter or "off", "words": len(a.text.split()),
-                     "decision": parse_decision(a.text) or "-", "passages": len(a.passages),
+        d = a.decision
+        rows.append({"mode": mode, "adapter": a.adapter or state.ADAPTER_OFF, "words": len(a.text.split()),
+                     "decision": d.label if d else "-",
+                     "P(yes/no/maybe)": " / ".join(f"{d.probs[o] * 100:.0f}%" for o in d.probs) if d and d.probs
+                     else "-", "passages": len(a.passages), "k": a.settings.get("k") if a.passages else "-",
                      "cited": ", ".join(cited) or "-", "generation_s": round(a.timings.get("generation_s", 0.0), 2)})
     import pandas as pd
 
@@ -71,8 +75,10 @@ if comparison:
             if a is None:
                 st.info("not produced")
                 continue
+            state.decision_view(a, compact=True)
             st.markdown(state.md_escape(a.text) if a.text else "_(empty answer)_")
-            st.caption(f"{len(a.text.split())} words · decision {parse_decision(a.text) or '-'} · {state.timings_line(a.timings)}")
+            st.caption(f"{len(a.text.split())} words · {state.timings_line(a.timings)}"
+                       + (f" · {state.settings_line(a)}" if state.settings_line(a) else ""))
             if a.passages:
                 state.passage_view(a.passages, {c.number for c in a.citations if c.valid})
             state.feedback_controls(a, f"cmp{comparison['n']}-{mode}", compact=True)

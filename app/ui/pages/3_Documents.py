@@ -16,8 +16,8 @@ st.title("Documents")
 st.caption("Upload files into a retrieval index: PDF, DOCX, HTML, Markdown, text, XML. Several at once.")
 
 
-
-def human_size(n) -> str:
+def human_chars(n: int | None) -> str:
+    """A count of characters (of extracted text, not bytes on disk), e.g. '12,345 chars'; '-' if unknown."""
     return f"{int(n):,} chars" if isinstance(n, (int, float)) else "-"
 
 
@@ -37,10 +37,11 @@ def text_sizes(index_name: str, stamp: tuple) -> dict[str, int]:
 
 
 def doc_row(d: dict, sizes: dict[str, int]) -> dict:
-    meta = d.get("metadata") or {}
-    size = next((meta[k] for k in ("bytes", "size", "file_size", "n_bytes") if k in meta), sizes.get(d.get("doc_id")))
+    """One table row from `Index.documents()`; the text size is the extracted text's length in characters
+    (ingest records no file size in bytes)."""
     return {"doc_id": d.get("doc_id"), "title": d.get("title"), "format": d.get("format"), "chunks": d.get("chunks", 0),
-            "text size": human_size(size), "added": str(d.get("added") or "")[:19].replace("T", " "),
+            "text size": human_chars(sizes.get(d.get("doc_id"))),
+            "added": str(d.get("added") or "")[:19].replace("T", " "),
             "source": d.get("source"), "sha256": str(d.get("sha256") or "")[:12]}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.jobs import runner
+from app.registry import AdapterCard
 from app.types import MODES
 from app.ui import state
 from app.ui.settings import save_settings, settings_path
@@ -18,35 +19,30 @@ st.title("Adapters")
 st.caption("LoRA adapters over the one base model. Training runs in the background; questions keep being answered.")
 
 
-def eval_summary(card: dict) -> str:
-    evals = card.get("evals") or {}
-    if not evals:
+def _version_number(key: str) -> int:
+    digits = str(key).lstrip("v")
+    return int(digits) if digits.isdigit() else 0
+
+
+def eval_summary(card: AdapterCard) -> str:
+    """The latest evaluated version's headline metric per mode, e.g. "lora 0.54, lora+rag 0.64"."""
+    if not card.evals:
         return "-"
-    latest = evals[sorted(evals, key=lambda v: int(str(v).lstrip("v") or 0))[-1]]
+    latest = card.evals[max(card.evals, key=_version_number)]
     parts = []
     for mode, metrics in latest.items():
         if mode in MODES and isinstance(metrics, dict):
-            value = metrics.get("accuracy", metrics.get("rougeL", next(iter(metrics.values()), None)))
+            value = metrics.get("accuracy", metrics.get("rouge_l"))
             parts.append(f"{mode} {value:.2f}" if isinstance(value, (int, float)) else mode)
     return ", ".join(parts) or "-"
 
 
-def curve_frame(card: dict):
-    """loss_curve / val_loss_curve as a step-indexed frame; points are [step, loss], {step, loss} or plain losses."""
+def curve_frame(card: AdapterCard):
+    """Training and validation loss as one step-indexed frame (None when the card has no curve)."""
     import pandas as pd
 
-    series = {}
-    for key, label in (("loss_curve", "train"), ("val_loss_curve", "validation")):
-        points = {}
-        for i, p in enumerate(card.get(key) or []):
-            if isinstance(p, (int, float)):
-                points[i] = float(p)
-            elif isinstance(p, (list, tuple)) and len(p) >= 2:
-                points[int(p[0])] = float(p[1])
-            elif isinstance(p, dict) and "loss" in p:
-                points[int(p.get("step", i))] = float(p["loss"])
-        if points:
-            series[label] = pd.Series(points)
+    series = {label: pd.Series({p.step: p.loss for p in curve})
+              for label, curve in (("train", card.loss_curve), ("validation", card.val_loss_curve)) if curve}
     return pd.DataFrame(series) if series else None
 
 
@@ -59,12 +55,11 @@ else:
 
     rows = []
     for a in infos:
-        card, parent = a.card, a.card.get("parent") or {}
-        data = card.get("training_data") or {}
+        card, parent = a.card, a.card.parent
         rows.append({
             "name": a.name, "version": a.version, "default": "★" if a.name == default else "",
-            "base model": a.base_model, "training data": data.get("path", "-") if isinstance(data, dict) else str(data),
-            "created": card.get("created", "-"),
+            "base model": a.base_model, "training data": card.training_data.get("path", "-"),
+            "created": card.created or "-",
             "parent": f"{parent.get('name')}@v{parent.get('version')}" if parent else "-",
             "eval": eval_summary(card),
         })
@@ -95,24 +90,20 @@ else:
             st.caption("training / validation loss")
             st.line_chart(curve, height=200)
     with eval_tab:
-        evals = info.card.get("evals") or {}
-        if not evals:
+        if not info.card.evals:
             st.info("No evaluation recorded yet: run one on the Evaluate page.")
-        for version, summary in evals.items():
+        for version, summary in info.card.evals.items():
             st.markdown(f"**{version}**")
-            import pandas as pd
-
             st.dataframe(pd.DataFrame({m: v for m, v in summary.items() if m in MODES}).T, width="stretch")
     with raw_tab:
-        st.code(json.dumps(info.card, indent=2), language="json")
+        st.code(json.dumps(info.card.to_dict(), indent=2), language="json")
 
 st.divider()
 st.subheader("Train a new adapter")
 with st.form("train_form"):
     source = st.radio("Training data", ["Upload QA JSONL", "Retrieval-aware from the current index"],
                       key="train_source", horizontal=True)
-    upload = st.file_uploader("QA JSONL ({question, long_answer, final_decision?, context_doc_id?} per line); "
-                              "empty = the bundled PubMedQA train set",
+    upload = st.file_uploader("QA JSONL ({question, long_answer, final_decision?, context_doc_id?} per line)",
                               type=["jsonl"], key="train_upload")
     c1, c2, c3, c4 = st.columns(4)
     name = c1.text_input("Adapter name", key="train_name", placeholder="e.g. medical-v2")
@@ -121,13 +112,6 @@ with st.form("train_form"):
     limit = c4.number_input("Max examples (0 = all)", 0, 100000, 0, key="train_limit")
     index = state.index_picker("train_index", label="Index (retrieval-aware training)")
     submitted = st.form_submit_button("Train", type="primary")
-
-
-def bundled_train_set() -> Path | None:
-    from ingest.config import home
-
-    path = home() / "data" / "pubmedqa" / "train.jsonl"
-    return path if path.exists() else None
 
 
 def staged_training_file(upload) -> str:
@@ -162,9 +146,9 @@ if submitted:
 
         check_name(name)
         retrieval_aware = source.startswith("Retrieval")
-        data = staged_training_file(upload) if upload is not None else bundled_train_set()
-        if data is None:
+        if upload is None:
             raise ValueError("upload a QA JSONL file with the questions and answers to train on")
+        data = staged_training_file(upload)
         if retrieval_aware and index is None:
             raise ValueError("retrieval-aware training needs an index; create one on the Documents page")
         cfg = {"data": str(data), "name": name, "epochs": int(epochs), "rank": int(rank), "retrieval_aware": retrieval_aware}

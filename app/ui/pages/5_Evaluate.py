@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.jobs import runner
+from app.evaluate import EVAL_MODES, FEWSHOT
 from app.types import MODES
 from app.ui import state
 
@@ -39,21 +40,33 @@ with st.form("eval_form"):
         adapter = state.adapter_picker("eval_adapter", allow_off=False, label="Adapter (LoRA modes)")
     with c2:
         index = state.index_picker("eval_index", label="Index (RAG modes)")
-    k = c3.number_input("k", 1, 20, 5, key="eval_k")
+    k = c3.number_input("k (0 = adapter's)", 0, 20, 0, key="eval_k",
+                        help="0: the adapter's trained setting for lora+rag, the engine's default for rag")
     limit = c4.number_input("Questions (0 = all)", 0, 100000, 10, key="eval_limit")
+    d1, d2, d3 = st.columns(3)
+    decisions = d1.selectbox("Decisions", ["scored", "free", "both"], key="eval_decisions",
+                             help="scored: option log-likelihoods; free: read from generated text; both: run both")
+    calibrate = d2.toggle("Calibrated", value=True, key="eval_calibrate",
+                          help="apply stored offsets (the table shows the uncalibrated figures too)")
+    few_shot = d3.number_input("Few-shot examples (0 = off)", 0, 8, 0, key="eval_few_shot",
+                               help="adds the 'fewshot' mode: base model with N labelled examples in the prompt")
+    shots_upload = st.file_uploader("Few-shot examples from (labelled QA JSONL, never the evaluated set)",
+                                    type=["jsonl"], key="eval_shots")
     submitted = st.form_submit_button("Run evaluation", type="primary")
 
 
-def start(path: Path, limit: int, tmp: Path | None):
+def start(path: Path, limit: int, tmp: Path | None, shots_path: Path | None):
     def job(report):
-        from app.evaluate import evaluate, load_questions
+        from app.evaluate import evaluate, few_shot_examples, load_questions
 
         try:
             items = load_questions(path, limit=limit or None)
-            report(0.0, f"{len(items)} questions x {len(modes)} modes")
-            return evaluate(engine, items, modes=modes, adapter=adapter, index=index, k=int(k),
+            shots = few_shot_examples(str(shots_path), int(few_shot), items) if shots_path and few_shot else None
+            run_modes = list(modes) + ([FEWSHOT] if shots and FEWSHOT not in modes else [])
+            report(0.0, f"{len(items)} questions x {len(run_modes)} modes")
+            return evaluate(engine, items, modes=run_modes, adapter=adapter, index=index, k=int(k) or None,
                             progress=lambda done, total: report.steps(done, total, f"{done}/{total} answers"),
-                            data_path=str(path))
+                            data_path=str(path), decisions=decisions, calibrate=calibrate, few_shot=shots)
         finally:
             if tmp is not None:
                 import shutil
@@ -83,7 +96,14 @@ if submitted:
             load_questions(path, limit=1)  # a bad file fails here, in the page, not in the background
         else:
             path = bundled
-        st.session_state["eval_job"] = start(path, int(limit), tmp).id
+        shots_path = None
+        if few_shot:
+            if shots_upload is None:
+                raise ValueError("few-shot examples need a labelled set: upload one (e.g. the training set)")
+            tmp = tmp or Path(tempfile.mkdtemp(prefix="loracle-eval-"))
+            shots_path = tmp / "few-shot.jsonl"
+            shots_path.write_bytes(shots_upload.getvalue())
+        st.session_state["eval_job"] = start(path, int(limit), tmp, shots_path).id
 
 job_id = st.session_state.get("eval_job")
 other = state.active_job("evaluate")
@@ -103,6 +123,9 @@ if result is not None:
     from app.evaluate import plot_summary
 
     summary = result.summary
+    if (summary.get("verdict") or {}).get("text"):
+        st.subheader("Verdict")
+        st.info(summary["verdict"]["text"])
     st.subheader("Results per mode")
     per_mode = pd.DataFrame(summary["metrics"]).T
     first = ["n", "accuracy", "macro_f1", f"recall@{summary.get('k', 5)}", "rouge_l", "latency_mean_s"]
@@ -129,7 +152,7 @@ if result is not None:
     st.subheader("Per question")
     table = (rows.assign(gold=rows["gold"].fillna("-"), decision=rows["decision"].fillna("-"))
              .pivot_table(index=["id", "gold"], columns="mode", values="decision", aggfunc="first").reset_index())
-    table = table[["id", "gold"] + [m for m in MODES if m in table.columns]]
+    table = table[["id", "gold"] + [m for m in EVAL_MODES if m in table.columns]]
     st.dataframe(table, hide_index=True, width="stretch")
     ids = list(dict.fromkeys(rows["id"]))
     qid = st.selectbox("Drill down into a question", ids, key="eval_drill")

@@ -1,0 +1,86 @@
+"""`loracle adapters list|show|remove` and `loracle train`: the adapter registry and what fills it."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapters", help="list, show or remove adapters in the registry")
+    asub = p.add_subparsers(dest="adapters_command", required=True)
+    for cmd, help_, func in (("list", "list installed adapters", _run_list),
+                             ("show", "show an adapter's card", _run_show),
+                             ("remove", "delete an adapter and all its versions", _run_remove)):
+        q = asub.add_parser(cmd, help=help_)
+        if cmd != "list":
+            q.add_argument("name")
+        if cmd == "remove":
+            q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        q.add_argument("--root", default=None, help="registry folder (default: adapters/, env LORACLE_ADAPTERS)")
+        q.add_argument("--json", action="store_true", help="JSON output")
+        q.set_defaults(func=func)
+
+    from app.train import add_arguments
+
+    p = sub.add_parser("train", help="train a LoRA adapter on a QA JSONL file and install it in the registry")
+    add_arguments(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from app import registry
+
+    good, bad = registry.scan(args.root)
+    if args.json:
+        print(json.dumps({"adapters": [{"name": a.name, "version": a.version, "base_model": a.base_model,
+                                        "path": str(a.path)} for a in good],
+                          "invalid": [{"path": str(p), "reason": r} for p, r in bad]}, indent=2))
+        return 0
+    if not good and not bad:
+        print(f"no adapters in {registry.root_dir(args.root)}; train one with `loracle train`")
+    for a in good:
+        evals = a.card.evals.get(f"v{a.version}") or {}
+        score = " ".join(f"{m}={v.get('accuracy')}" for m, v in evals.items()
+                         if isinstance(v, dict) and "accuracy" in v)
+        print(f"{a.label:32} base {a.base_model:40} {score}")
+    for p, r in bad:
+        print(f"INVALID {p.name}: {r}", file=sys.stderr)
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from app import registry
+
+    info = registry.get(args.name, args.root)
+    lineage = [v.label for v in registry.versions(args.name, args.root)]
+    if args.json:
+        print(json.dumps({"path": str(info.path), "lineage": lineage, "card": info.card.to_dict()}, indent=2))
+    else:
+        print(f"path: {info.path}\nlineage: {' -> '.join(lineage)}\n")
+        print(registry.render_readme(info.card))
+    return 0
+
+
+def _run_remove(args: argparse.Namespace) -> int:
+    from app import registry
+
+    info = registry.get(args.name, args.root)
+    if not args.yes and sys.stdin.isatty():
+        if input(f"delete {info.path} and its {info.version} version(s)? [y/N] ").strip().lower() != "y":
+            print("kept")
+            return 1
+    print(f"removed {registry.remove(args.name, args.root)}")
+    return 0
+
+
+def _run_train(args) -> int:
+    from app.train import config_from_args, train
+
+    info = train(config_from_args(args))
+    card, nan = info.card, float("nan")
+    loss = card.loss_curve[-1].loss if card.loss_curve else nan
+    val = card.val_loss_curve[-1].loss if card.val_loss_curve else nan
+    print(f"installed {info.label} at {info.path}\ntrain loss {loss:.3f}, val loss {val:.3f}, "
+          f"{card.training_time_s or 0:.0f} s")
+    return 0

@@ -1,0 +1,110 @@
+"""`loracle ask | compare`: one question through the engine, in one mode or in all four."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from app.config import DEFAULT_ADAPTER, DEFAULT_INDEX, EngineConfig
+
+
+ENGINE_SKIP = ("adapters", "default_adapter", "k", "index", "passage_chars")  # per request, not per engine
+
+
+def _common_arguments(p: argparse.ArgumentParser, rag_flag: bool) -> None:
+    from app.cliconfig import add_arguments
+
+    p.add_argument("question", help="the question, in quotes")
+    p.add_argument("--adapter", default=None, help="adapter NAME, NAME@vN or folder"
+                   + ("" if rag_flag else f" (default: {DEFAULT_ADAPTER})"))
+    if rag_flag:
+        p.add_argument("--rag", action="store_true", help="retrieve passages and cite them")
+    p.add_argument("--index", default=None, help=f"index for retrieval (default: the adapter card's, else "
+                   f"{DEFAULT_INDEX})")
+    p.add_argument("-k", type=int, default=None, help="passages to retrieve (default: the adapter card's, else 3)")
+    p.add_argument("--passage-chars", type=int, default=None,
+                   help="characters per passage (default: the adapter card's, else whole chunks)")
+    p.add_argument("--decide", action=argparse.BooleanOptionalAction, default=None,
+                   help="force a yes/no/maybe decision on (--decide) or off (--no-decide); default: detected "
+                   "from the question's form")
+    add_arguments(p, EngineConfig, skip=ENGINE_SKIP, unset_defaults=True)
+    p.add_argument("--json", action="store_true", help="print the answer(s) as JSON for scripts")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="answer one question (adapter and retrieval switchable)")
+    _common_arguments(p, rag_flag=True)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.set_defaults(func=_run_ask)
+    p = sub.add_parser("compare", help="answer one question in all four modes (base, lora, rag, lora+rag)")
+    _common_arguments(p, rag_flag=False)
+    p.set_defaults(func=_run_compare)
+
+
+def _engine_from(args, adapters: tuple[str, ...]):
+    from app.cliconfig import overrides
+    from app.engine import Engine
+
+    return Engine(EngineConfig.from_env(**{**overrides(EngineConfig, args, skip=ENGINE_SKIP), "adapters": adapters}))
+
+
+def _request_options(args) -> dict:
+    return dict(k=args.k, index=args.index, passage_chars=args.passage_chars, decide=args.decide)
+
+
+def _answer_json(answer) -> dict:
+    d = answer.to_dict()
+    d["sources"] = [{"number": c.number, "doc_id": c.passage.doc_id, "location": c.passage.location}
+                    for c in answer.citations if c.valid]
+    d["invalid_citations"] = [c.number for c in answer.citations if not c.valid]
+    return d
+
+
+def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
+    t = answer.timings
+    if header:
+        print(f"== {header} ==")
+    d = answer.decision
+    if d is not None:
+        probs = " · ".join(f"{o} {p * 100:.0f}%" for o, p in d.probs.items()) if d.probs else "read from the text"
+        print(f"decision: {d.label.upper()} ({probs}{'; calibrated: ' + d.calibration if d.calibration else ''})")
+    if text:
+        print(answer.text)
+    print(f"[{answer.mode}{' · ' + answer.adapter if answer.adapter else ''} · {t.get('prompt_tokens')} prompt "
+          f"tokens · {t.get('new_tokens')} new in {t.get('generation_s')} s ({t.get('tokens_per_s')} tok/s)"
+          f"{' · retrieval ' + str(t.get('retrieval_s')) + ' s' if answer.passages else ''}]")
+    for c in answer.citations:
+        if c.valid:
+            loc = f", {c.passage.location}" if c.passage.location else ""
+            print(f"  [{c.number}] {c.passage.doc_id}{loc}")
+        else:
+            print(f"  [{c.number}] flagged: no passage {c.number} was given to the model (not a source)")
+
+
+def _run_ask(args: argparse.Namespace) -> int:
+    engine = _engine_from(args, (args.adapter,) if args.adapter else ())
+    kw = dict(adapter=args.adapter, retrieval=args.rag, **_request_options(args))
+    if args.stream and not args.json:
+        for item in engine.stream(args.question, **kw):
+            if isinstance(item, str):
+                print(item, end="", flush=True)
+            else:
+                print()
+                _print_answer(item, text=False)
+        return 0
+    answer = engine.answer(args.question, **kw)
+    if args.json:
+        print(json.dumps(_answer_json(answer), indent=2, default=str))
+    else:
+        _print_answer(answer)
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    engine = _engine_from(args, (args.adapter or DEFAULT_ADAPTER,))
+    answers = engine.compare(args.question, adapter=args.adapter, **_request_options(args))
+    if args.json:
+        print(json.dumps({m: _answer_json(a) for m, a in answers.items()}, indent=2, default=str))
+    else:
+        for mode, answer in answers.items():
+            _print_answer(answer, header=mode)
+    return 0

@@ -1,0 +1,96 @@
+"""The plain-language recommendation that ends an evaluation: which mode is best on this question set, by
+how much (paired bootstrap interval against each other mode), what it costs, and whether a cheaper mode is
+enough because the difference is not significant.
+
+The metric is macro-F1 of the decisions when the set is labelled yes/no/maybe (accuracy rewards the "yes"
+prior), else ROUGE-L against the reference answers. Pure functions over result rows.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from app.metrics import DECISIONS, macro_f1
+
+
+def _scores(rows: list[dict], mode: str, metric: str) -> dict[str, Any]:
+    return {r["id"]: (r["decision"], r["gold"]) if metric == "macro_f1" else r.get("rouge_l")
+            for r in rows if r["mode"] == mode and (r.get("gold") if metric == "macro_f1" else
+                                                   r.get("rouge_l") is not None)}
+
+
+def _value(items: Sequence, metric: str) -> float:
+    if metric == "macro_f1":
+        return macro_f1([p for p, _ in items], [g for _, g in items]) or 0.0
+    return sum(items) / len(items)
+
+
+def paired_difference(a: list, b: list, metric: str, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """a - b on the same items with a 95% percentile bootstrap interval (items resampled jointly)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    diffs = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        diffs.append(_value([a[i] for i in idx], metric) - _value([b[i] for i in idx], metric))
+    return {"diff": _value(a, metric) - _value(b, metric), "ci_low": float(np.percentile(diffs, 2.5)),
+            "ci_high": float(np.percentile(diffs, 97.5))}
+
+
+def _cost(summary: dict, mode: str) -> tuple[float, float]:
+    m = summary["metrics"].get(mode, {})
+    return float(m.get("latency_mean_s") or 0.0), float(m.get("prompt_tokens_mean") or 0.0)
+
+
+def verdict(rows: list[dict], summary: dict, n_resamples: int | None = None) -> dict[str, Any]:
+    """{"metric", "best", "comparisons": [...], "recommended", "text"}; text is one short paragraph."""
+    modes = list(summary.get("metrics") or dict.fromkeys(r["mode"] for r in rows))
+    labelled = any(r.get("gold") in DECISIONS for r in rows)
+    metric = "macro_f1" if labelled else "rouge_l"
+    per_mode = {m: _scores(rows, m, metric) for m in modes}
+    per_mode = {m: s for m, s in per_mode.items() if s}
+    if not per_mode:
+        return {"metric": metric, "best": None, "comparisons": [], "recommended": None,
+                "text": "No verdict: the set has neither decisions nor reference answers to score."}
+    values = {m: _value(list(s.values()), metric) for m, s in per_mode.items()}
+    best = max(values, key=lambda m: (round(values[m], 6), -_cost(summary, m)[0]))
+    n = n_resamples or summary.get("n_resamples", 1000)
+    comparisons = []
+    for other in (m for m in per_mode if m != best):
+        ids = sorted(set(per_mode[best]) & set(per_mode[other]))
+        if not ids:
+            continue
+        d = paired_difference([per_mode[best][i] for i in ids], [per_mode[other][i] for i in ids], metric, n,
+                              summary.get("seed", 0))
+        comparisons.append({"mode": other, **{k: round(v, 4) for k, v in d.items()},
+                            "significant": d["ci_low"] > 0})
+    cheaper = [c for c in comparisons if not c["significant"] and _cost(summary, c["mode"]) < _cost(summary, best)]
+    recommended = min(cheaper, key=lambda c: _cost(summary, c["mode"]))["mode"] if cheaper else best
+    return {"metric": metric, "best": best, "values": {m: round(v, 4) for m, v in values.items()},
+            "comparisons": comparisons, "recommended": recommended,
+            "text": _text(metric, best, values, comparisons, recommended, summary, len(per_mode[best]))}
+
+
+def _text(metric, best, values, comparisons, recommended, summary, n) -> str:
+    name = "macro-F1" if metric == "macro_f1" else "ROUGE-L"
+    lat, tok = _cost(summary, best)
+    acc = summary["metrics"].get(best, {}).get("accuracy")
+    out = [f"On these {n} questions, **{best}** scores best by {name} ({values[best]:.3f}"
+           + (f", accuracy {acc * 100:.0f}%" if acc is not None else "")
+           + f"; {lat:.2f} s and {tok:.0f} prompt tokens per answer)."]
+    for c in comparisons:
+        sig = "significant" if c["significant"] else "not significant"
+        out.append(f"Against {c['mode']}: {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], {sig}.")
+    if recommended != best:
+        rl, rt = _cost(summary, recommended)
+        out.append(f"The difference to **{recommended}** is not significant, so the cheaper {recommended} "
+                   f"({rl:.2f} s, {rt:.0f} prompt tokens) is enough on this set.")
+    elif costlier := [c["mode"] for c in comparisons if not c["significant"] and _cost(summary, c["mode"]) > (lat, tok)]:
+        out.append(f"The costlier {', '.join(costlier)} do{'es' if len(costlier) == 1 else ''} not do significantly "
+                   f"differently: {best} is enough on this set.")
+    elif comparisons and all(c["significant"] for c in comparisons):
+        out.append(f"{best} is worth its cost here: it beats every other mode significantly.")
+    else:
+        out.append("Where a difference is not significant, more questions are needed to tell the modes apart.")
+    return " ".join(out)

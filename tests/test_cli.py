@@ -1,0 +1,30 @@
+"""`loracle` itself: verbs registered from their modules, defaults from app.config, errors as one line."""
+from __future__ import annotations
+
+from app.cli import build_parser, error_line, main
+from app.config import DEFAULT_INDEX
+
+
+def test_an_error_is_one_line_with_a_hint_and_debug_adds_the_traceback(tmp_path, capsys):
+    assert main(["adapters", "show", "nope", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no adapter 'nope'") and err.count("\n") == 1, err
+    assert "--debug" in err and "Traceback" not in err
+    assert main(["--debug", "adapters", "show", "nope", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "FileNotFoundError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: no adapter 'nope'")
+
+
+def test_error_line_folds_lines_and_names_unexpected_kinds():
+    assert error_line(ValueError("bad value\n  fix it")) == "bad value fix it"
+    assert error_line(KeyError("x")) == "KeyError: 'x'"
+    assert error_line(RuntimeError()) == "RuntimeError"
+
+
+def test_index_defaults_come_from_app_config():
+    parser = build_parser()
+    assert parser.parse_args(["ingest", "docs/"]).index == DEFAULT_INDEX
+    assert parser.parse_args(["search", "q"]).index == DEFAULT_INDEX
+    assert parser.parse_args(["ask", "q"]).index is None  # the engine's own default applies
+    assert parser.parse_args(["--debug", "index", "list"]).debug

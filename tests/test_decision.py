@@ -1,0 +1,126 @@
+"""Scored yes/no/maybe decisions on the tiny model: prefill scores, forced opening, calibration offsets."""
+from __future__ import annotations
+
+import pytest
+
+from app import calibration, prompts, registry
+from app.config import EngineConfig
+from app.decision import OPTIONS, calls_for_decision, decide, option_ids
+from app.engine import Engine, Request
+from tests.tiny_adapter import card_for, make_adapter, untie_base
+
+Q = "Does smoking cause lung cancer?"
+OFFSETS = {"yes": 0.0, "no": 40.0, "maybe": 0.0}  # large enough to flip any random model to "no"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("decision")
+    base = untie_base(tiny_model_dir, d / "base")
+    root = d / "adapters"
+    card = card_for(base, calibration={"lora": OFFSETS, "fitted_on": {"data": "cal.jsonl", "n": 9}},
+                    answer_settings={"k": 2, "passage_chars": 300, "template": None})
+    registry.install(make_adapter(base, d / "staging", seed=3), "alpha", card, root)
+    engine = Engine(EngineConfig(base_model=str(base), adapters_dir=str(root), adapters=("alpha",),
+                                 max_new_tokens=6))
+    return engine, d
+
+
+def _forward_logprobs(engine, question, adapter=None):
+    """The options' log-probs from a separate forward pass over the same prompt."""
+    import torch
+
+    text = prompts.render(engine.tokenizer, prompts.build_messages(question))
+    ids = engine.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    model = engine.model
+    with torch.inference_mode():
+        if adapter:
+            model.set_adapter(adapter)
+            logits = model(input_ids=ids).logits[0, -1]
+        else:
+            with model.disable_adapter():
+                logits = model(input_ids=ids).logits[0, -1]
+    logp = torch.log_softmax(logits.float(), -1)
+    return {o: float(logp[i]) for o, i in option_ids(engine.tokenizer).items()}
+
+
+@pytest.mark.parametrize("adapter", [None, "alpha"])
+def test_option_scores_come_from_the_prefill_logits(setup, adapter):
+    engine, _ = setup
+    ans = engine.answer(Q, adapter=adapter, calibrate=False)
+    want = _forward_logprobs(engine, Q, adapter)
+    assert ans.decision.source == "scored"
+    for o in OPTIONS:
+        assert ans.decision.logprobs[o] == pytest.approx(want[o], abs=1e-3)
+    assert ans.decision.label == max(OPTIONS, key=want.get)
+    assert sum(ans.decision.probs.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_answer_opens_with_the_chosen_decision_in_mixed_batches(setup):
+    engine, _ = setup
+    answers = engine.answer_batch([Request(Q), Request("What is aspirin?"), Request(Q, adapter="alpha")])
+    for a in (answers[0], answers[2]):
+        assert a.text.lower().startswith(a.decision.label)
+    assert answers[1].decision is None  # a wh-question calls for no decision: free generation
+
+
+def test_a_forced_off_question_gives_no_decision_and_free_generation_is_parsed(setup):
+    engine, _ = setup
+    assert engine.answer(Q, decide=False).decision is None
+    free = engine.answer(Q, scored=False)
+    assert free.decision is None or free.decision.source == "parsed"
+    forced_on = engine.answer("Tell me about tea.", decide=True)
+    assert forced_on.decision is not None and forced_on.decision.source == "scored"
+
+
+def test_calibration_offsets_load_from_the_card_and_can_be_switched_off(setup):
+    engine, _ = setup
+    on = engine.answer(Q, adapter="alpha")
+    off = engine.answer(Q, adapter="alpha", calibrate=False)
+    assert on.decision.label == "no" and on.decision.offsets == OFFSETS
+    assert "alpha@v1" in on.decision.calibration and "cal.jsonl" in on.decision.calibration
+    assert off.decision.offsets == {} and off.decision.calibration is None
+    assert off.decision.logprobs == on.decision.logprobs  # the same scores, only the offsets differ
+    base = engine.answer(Q)  # no base-model calibration stored
+    assert base.decision.calibration is None
+
+
+def test_answer_settings_travel_with_the_adapter_unless_overridden(setup):
+    engine, _ = setup
+    lora = engine.answer(Q, adapter="alpha", max_new_tokens=1)
+    assert lora.settings["k"] == 2 and lora.settings["passage_chars"] == 300
+    assert lora.settings["source"]["k"] == "adapter alpha@v1"
+    over = engine.answer(Q, adapter="alpha", k=1, max_new_tokens=1)
+    assert over.settings["k"] == 1 and over.settings["source"]["k"] == "request"
+    assert engine.answer(Q, max_new_tokens=1).settings["source"]["k"] == "engine config"
+
+
+def test_base_calibration_file_round_trip_and_fit(setup, tmp_path):
+    engine, _ = setup
+    from app.evaluate import QAItem
+
+    items = [QAItem(f"q{i}", f"Is remedy {i} useful?", final_decision=("no" if i % 3 else "yes"))
+             for i in range(6)]
+    table = calibration.fit(engine, items, ["base"], data="cal.jsonl")
+    assert set(table["base"]) == set(OPTIONS) and table["fitted_on"]["n"] == 6
+    calibration.save_base(tmp_path, engine.info.name, table)
+    assert calibration.load_base(tmp_path, engine.info.name)["base"] == table["base"]
+    assert calibration.load_base(tmp_path, "other/model") == {}
+
+
+def test_fit_offsets_moves_the_prior_towards_the_minority_classes():
+    lp = [{"yes": -0.1, "no": -2.0 - d, "maybe": -4.0} for d in (0.0, 0.2, 0.4, 0.6)] * 3
+    gold = ["no", "no", "yes", "yes"] * 3
+    off = calibration.fit_offsets(lp, gold)
+    assert off["yes"] == 0.0 and off["no"] > 1.5
+    assert decide(lp[0], off).label == "no" and decide(lp[3], off).label == "yes"
+    assert calibration.fit_offsets([{"yes": -0.1, "no": -3.0, "maybe": -3.0}], ["yes"]) == \
+        {"yes": 0.0, "no": 0.0, "maybe": 0.0}
+
+
+@pytest.mark.parametrize("question, expected", [
+    ("Does aspirin prevent stroke?", True), ("Statins: a cure for dementia?", True),
+    ("is coffee bad for you", True), ("What is the dose of aspirin?", False),
+    ("How does insulin work?", False), ("Tell me about tea.", False), ("", False)])
+def test_which_questions_call_for_a_decision(question, expected):
+    assert calls_for_decision(question) is expected
