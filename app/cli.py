@@ -12,10 +12,8 @@ import os
 import sys
 import traceback
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
-
-from app import cli_adapters, cli_answer, cli_eval, cli_ingest, cli_ui  # noqa: E402 (they read the environment)
+import ingest.config  # noqa: F401  the one place that sets the offline environment (before any HF import)
+from app import cli_adapters, cli_answer, cli_eval, cli_ingest, cli_ui
 
 # errors whose message already says what went wrong and what to do; any other kind is named too
 _USER_ERRORS = (ValueError, OSError, RuntimeError)

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from app.config import DEFAULT_INDEX
+from app.config import DEFAULT_INDEX, DEFAULT_K
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="retrieve passages for a question (or a JSONL file of questions)")
     p.add_argument("query", nargs="?", help="the question, in quotes")
     p.add_argument("--index", default=DEFAULT_INDEX, help=f"index name or folder (default: {DEFAULT_INDEX})")
-    p.add_argument("-k", type=int, default=5, help="passages (or, with --queries, documents) to return")
+    p.add_argument("-k", type=int, default=DEFAULT_K, help=f"passages (or, with --queries, documents) to return (default {DEFAULT_K})")
     p.add_argument("--hybrid", action="store_true", help="dense + BM25, fused by reciprocal rank fusion")
     p.add_argument("--reranker", default=None, help="local cross-encoder folder to rerank candidates")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
+
+from app.types import MODES
 
 from ingest.config import DEFAULT_INDEX, home  # ingest owns the index default (it may not import app)
 
@@ -81,3 +84,127 @@ class EngineConfig:
                     raise ValueError(f"${env}={raw!r} is not valid for {f.name}; unset it or give a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one `loracle eval` run; the CLI mirrors these fields."""
+
+    data: str
+    modes: tuple[str, ...] = MODES
+    adapter: str | None = None  # registry name, "name@vN", or folder; None -> the engine's default adapter
+    index: str | None = None  # None -> the adapter card's index, else the engine's (pubmedqa)
+    k: int | None = None  # None -> the adapter card's k for lora modes, else the engine's (3)
+    passage_chars: int | None = None  # None -> the adapter card's, else whole chunks
+    decisions: str = "scored"  # "scored" (option log-likelihoods), "free" (parsed from text), or "both"
+    calibrate: bool = True  # apply stored calibration offsets (the summary reports both either way)
+    few_shot: int = 0  # with N > 0 the "fewshot" mode puts N labelled examples from few_shot_data in the prompt
+    few_shot_data: str | None = None  # QA JSONL the examples come from; never the evaluated set
+    out: str | None = None  # None -> runs/eval-<UTC time>
+    limit: int | None = None
+    max_new_tokens: int = 48  # enough for a decision and a sentence
+    questions_per_batch: int = 1  # each batch holds these questions in all their modes
+    split_by_retrieval: bool = True  # rows with passages in their own batch (no padding of short prompts)
+    base_model: str | None = None
+    judge: str | None = None  # None: no judge; "" or "default": the base model; else a model spec
+    save_to_card: bool = False
+    resume: bool = False  # keep the modes already complete in `out`, run only the missing ones
+    n_resamples: int = 1000
+    seed: int = 0
+    threads: int | None = None
+
+    FIELD_HELP: ClassVar[dict[str, str]] = {
+        "data": "QA JSONL file (id, question, optional context_doc_id, final_decision, long_answer)",
+        "adapter": "adapter NAME, NAME@vN or folder (default: medical-pubmedqa)",
+        "index": "index for rag modes (default: the adapter card's, else pubmedqa)",
+        "k": "passages per question (default: the adapter card's for lora modes, else 3)",
+        "passage_chars": "characters per passage (default: the adapter card's, else whole chunks)",
+        "decisions": "scored (option log-likelihoods), free (read from generated text) or both",
+        "calibrate": "apply stored calibration offsets (the report shows both either way)",
+        "few_shot": "add the fewshot mode: the base model with N labelled examples in the prompt",
+        "few_shot_data": "labelled QA JSONL the few-shot examples come from (never the evaluated set)",
+        "out": "output folder (default runs/eval-<UTC time>)",
+        "limit": "evaluate only the first N questions",
+        "max_new_tokens": "generation budget per answer",
+        "questions_per_batch": "questions per generate() batch, each in all its modes",
+        "split_by_retrieval": "rows with passages in a batch of their own (less padding on CPU)",
+        "base_model": "base model spec (default smollm2-135m-instruct)",
+        "save_to_card": "store the summary in the adapter's card.json under its version",
+        "resume": "keep the modes already complete in --out and run only the missing ones",
+        "n_resamples": "bootstrap resamples",
+        "seed": "bootstrap and few-shot seed",
+        "threads": "torch CPU threads",
+    }
+
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    name: str
+    base_model: str | None = None  # app.models spec; None -> the default base model
+    epochs: float = 1.0
+    lr: float = 3e-4
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    layers: int | None = None  # adapt only the last N transformer layers (backward stops there: cheaper)
+    max_len: int = 1024  # tokens per example (prompt + target); passages are shortened to fit
+    grad_accum: int = 8  # examples per optimizer step (micro-batch is one example: no padding waste)
+    warmup: float = 0.06  # fraction of optimizer steps
+    val_fraction: float = 0.05  # held out: validation loss, and the only items calibration may use
+    evals: int = 3  # validation passes during training (plus one at the end)
+    decision_weight: float = 1.0  # loss weight of the yes/no/maybe token relative to an explanation token
+    class_balance: bool = False  # scale the decision token's weight by 1/(share of its class)
+    retrieval_aware: bool = False
+    index: str = DEFAULT_INDEX
+    gold_fraction: float = 0.8  # of the examples with passages, how many include the gold document
+    no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
+    k: int = 3
+    passage_chars: int | None = None  # characters kept per passage; None: whole chunks (app.prompts.PASSAGE_CHARS)
+    seed: int = 0
+    limit: int | None = None  # use only the first N items of the data file
+    parent: str | None = None  # adapter to continue training from (name in the registry)
+    adapters_dir: str | None = None  # registry root; None -> app.config.adapters_dir()
+    threads: int | None = 2  # torch threads; None leaves torch's default
+
+    FIELD_HELP: ClassVar[dict[str, str]] = {
+        "data": "QA JSONL file (fields: question, long_answer, final_decision, context_doc_id)",
+        "name": "adapter name in the registry (a new version when it exists)",
+        "base_model": "base model spec: built-in name, local folder or hub id (default smollm2-135m-instruct)",
+        "target_modules": "comma-separated module names to adapt",
+        "layers": "adapt only the last N transformer layers (default: all)",
+        "max_len": "tokens per example (prompt + target); passages are shortened to fit",
+        "grad_accum": "examples per optimizer step",
+        "val_fraction": "share held out for validation loss (and the only items calibration may use)",
+        "decision_weight": "loss weight of the yes/no/maybe token relative to an explanation token",
+        "class_balance": "weight the decision token by 1 / (share of its class)",
+        "retrieval_aware": "RAFT-style: training prompts carry retrieved passages from --index",
+        "index": "index the passages come from",
+        "gold_fraction": "share of passage-carrying examples that include the gold document",
+        "no_passage_fraction": "share of examples with no passages (plain template)",
+        "k": "passages per training prompt (and the adapter's answer-time k)",
+        "passage_chars": "characters kept per passage (default: whole chunks)",
+        "limit": "use only the first N items",
+        "parent": "continue training from this registered adapter",
+        "adapters_dir": "registry folder (default adapters/)",
+        "threads": "torch CPU threads",
+    }
+
+    def __post_init__(self):
+        from app import registry
+
+        registry.check_name(self.name) if self.name else None
+        for key in ("gold_fraction", "no_passage_fraction", "val_fraction", "warmup"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must lie between 0 and 1")
+        for key in ("epochs", "lr", "decision_weight"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must be above 0")
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"--layers {self.layers} must be at least 1 (or leave it out to adapt every layer)")
+        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1:
+            raise ValueError("-k, --rank and --grad-accum must be at least 1 and --max-len at least 64")

@@ -22,12 +22,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, Sequence
 
 from app import metrics
 from app.eval_report import compare_markdown, plot_summary, summary_markdown
 from app.models import sha256_file
-from app.prompts import format_target, parse_decision
+from app.config import EvalConfig
+from app.prompts import parse_decision
+from app.questions import QAItem, few_shot_examples, load_questions
 from app.types import MODES
 from app.verdict import verdict
 
@@ -38,113 +40,10 @@ RESULTS_FILE, SUMMARY_JSON, SUMMARY_MD = "results.jsonl", "summary.json", "summa
 
 
 @dataclass
-class QAItem:
-    id: str
-    question: str
-    context_doc_id: str | None = None
-    final_decision: str | None = None  # "yes" | "no" | "maybe"
-    long_answer: str | None = None
-
-
-@dataclass
 class EvalResult:
     rows: list[dict[str, Any]]  # one per (question, mode); fields documented in `_row`
     summary: dict[str, Any]  # run settings + metrics per mode + bootstrap differences
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class EvalConfig:
-    """Settings of one `loracle eval` run; the CLI mirrors these fields."""
-
-    data: str
-    modes: tuple[str, ...] = MODES
-    adapter: str | None = None  # registry name, "name@vN", or folder; None -> the engine's default adapter
-    index: str | None = None  # None -> the adapter card's index, else the engine's (pubmedqa)
-    k: int | None = None  # None -> the adapter card's k for lora modes, else the engine's (3)
-    passage_chars: int | None = None  # None -> the adapter card's, else whole chunks
-    decisions: str = "scored"  # "scored" (option log-likelihoods), "free" (parsed from text), or "both"
-    calibrate: bool = True  # apply stored calibration offsets (the summary reports both either way)
-    few_shot: int = 0  # with N > 0 the "fewshot" mode puts N labelled examples from few_shot_data in the prompt
-    few_shot_data: str | None = None  # QA JSONL the examples come from; never the evaluated set
-    out: str | None = None  # None -> runs/eval-<UTC time>
-    limit: int | None = None
-    max_new_tokens: int = 48  # enough for a decision and a sentence
-    questions_per_batch: int = 1  # each batch holds these questions in all their modes
-    split_by_retrieval: bool = True  # rows with passages in their own batch (no padding of short prompts)
-    base_model: str | None = None
-    judge: str | None = None  # None: no judge; "" or "default": the base model; else a model spec
-    save_to_card: bool = False
-    resume: bool = False  # keep the modes already complete in `out`, run only the missing ones
-    n_resamples: int = 1000
-    seed: int = 0
-    threads: int | None = None
-
-    FIELD_HELP: ClassVar[dict[str, str]] = {
-        "data": "QA JSONL file (id, question, optional context_doc_id, final_decision, long_answer)",
-        "adapter": "adapter NAME, NAME@vN or folder (default: medical-pubmedqa)",
-        "index": "index for rag modes (default: the adapter card's, else pubmedqa)",
-        "k": "passages per question (default: the adapter card's for lora modes, else 3)",
-        "passage_chars": "characters per passage (default: the adapter card's, else whole chunks)",
-        "decisions": "scored (option log-likelihoods), free (read from generated text) or both",
-        "calibrate": "apply stored calibration offsets (the report shows both either way)",
-        "few_shot": "add the fewshot mode: the base model with N labelled examples in the prompt",
-        "few_shot_data": "labelled QA JSONL the few-shot examples come from (never the evaluated set)",
-        "out": "output folder (default runs/eval-<UTC time>)",
-        "limit": "evaluate only the first N questions",
-        "max_new_tokens": "generation budget per answer",
-        "questions_per_batch": "questions per generate() batch, each in all its modes",
-        "split_by_retrieval": "rows with passages in a batch of their own (less padding on CPU)",
-        "base_model": "base model spec (default smollm2-135m-instruct)",
-        "save_to_card": "store the summary in the adapter's card.json under its version",
-        "resume": "keep the modes already complete in --out and run only the missing ones",
-        "n_resamples": "bootstrap resamples",
-        "seed": "bootstrap and few-shot seed",
-        "threads": "torch CPU threads",
-    }
-
-
-def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QAItem]:
-    """Read a QA JSONL file; a malformed line raises ValueError naming the file, the line and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"question file '{path}' not found; pass --data PATH to a QA JSONL file")
-    items: list[QAItem] = []
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            for key in ("id", "question"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise ValueError(f"{where}: field '{key}' is missing or not a non-empty string "
-                                     f"(each line needs \"id\" and \"question\")")
-            for key in ("context_doc_id", "long_answer", "final_decision"):
-                if rec.get(key) is not None and not isinstance(rec[key], str):
-                    raise ValueError(f"{where}: field '{key}' must be a string, got {type(rec[key]).__name__}")
-            decision = rec.get("final_decision")
-            if decision is not None:
-                decision = decision.strip().lower()
-                if decision not in metrics.DECISIONS:
-                    raise ValueError(f"{where}: final_decision {rec['final_decision']!r} is not one of "
-                                     f"{', '.join(metrics.DECISIONS)}")
-            if rec["id"] in seen:
-                raise ValueError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
-            seen[rec["id"]] = lineno
-            items.append(QAItem(rec["id"], rec["question"], rec.get("context_doc_id") or None, decision,
-                                rec.get("long_answer") or None))
-            if limit is not None and len(items) >= limit:
-                break
-    if not items:
-        raise ValueError(f"{path}: no questions found")
-    return items
 
 
 def parse_modes(text: str | Sequence[str]) -> list[str]:
@@ -153,34 +52,6 @@ def parse_modes(text: str | Sequence[str]) -> list[str]:
     if bad or not modes:
         raise ValueError(f"unknown mode(s) {', '.join(bad) or '(none)'}; choose from {', '.join(EVAL_MODES)}")
     return list(dict.fromkeys(modes))
-
-
-def few_shot_examples(path: str, n: int, evaluated: Sequence[QAItem], seed: int = 0) -> list[tuple[str, str]]:
-    """N labelled (question, answer) pairs from `path`, balanced over the decisions where possible; refused
-    when the file is the evaluated set or shares a question with it."""
-    import random
-
-    pool = [it for it in load_questions(path) if it.final_decision]
-    ids, questions = {it.id for it in evaluated}, {it.question.strip().lower() for it in evaluated}
-    if any(it.id in ids or it.question.strip().lower() in questions for it in pool):
-        raise ValueError(f"few-shot examples from '{path}' overlap the evaluated questions; name another set "
-                         f"(e.g. the training set) with --few-shot-data")
-    rng = random.Random(seed)
-    rng.shuffle(pool)
-    by_class: dict[str, list[QAItem]] = {}
-    for it in pool:
-        by_class.setdefault(it.final_decision, []).append(it)
-    picked: list[QAItem] = []
-    while len(picked) < min(n, len(pool)):
-        for cls in sorted(by_class):
-            if by_class[cls] and len(picked) < n:
-                picked.append(by_class[cls].pop())
-    rng.shuffle(picked)
-    return [(it.question, format_target(it.final_decision, _first_sentence(it.long_answer or ""))) for it in picked]
-
-
-def _first_sentence(text: str) -> str:
-    return text.split(". ")[0].rstrip(".") + "." if text else ""
 
 
 def _row(item: QAItem, mode: str, answer, free=None) -> dict[str, Any]:

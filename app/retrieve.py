@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from app.config import DEFAULT_INDEX, DEFAULT_K
 from app.types import Passage
 from ingest.index import Index, index_path
 
@@ -17,7 +18,7 @@ RRF_K = 60  # the constant of Cormack et al. (2009)
 
 
 class Retriever:
-    def __init__(self, index: str | Path = "pubmedqa", hybrid: bool = False, reranker: str | None = None,
+    def __init__(self, index: str | Path = DEFAULT_INDEX, hybrid: bool = False, reranker: str | None = None,
                  embedder: str | None = None, candidates: int = 50):
         """`candidates`: how many hits each ranker contributes before fusion / reranking."""
         self.name = str(index)
@@ -50,10 +51,10 @@ class Retriever:
             old.close()
             return True
 
-    def search(self, query: str, k: int = 5) -> list[Passage]:
+    def search(self, query: str, k: int = DEFAULT_K) -> list[Passage]:
         return self.search_many([query], k)[0]
 
-    def search_many(self, queries: list[str], k: int = 5) -> list[list[Passage]]:
+    def search_many(self, queries: list[str], k: int = DEFAULT_K) -> list[list[Passage]]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if any(not isinstance(q, str) or not q.strip() for q in queries):
@@ -125,7 +126,7 @@ _CACHE: dict[tuple, Retriever] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_retriever(index: str | Path = "pubmedqa", hybrid: bool = False, reranker: str | None = None) -> Retriever:
+def get_retriever(index: str | Path = DEFAULT_INDEX, hybrid: bool = False, reranker: str | None = None) -> Retriever:
     """One Retriever per (index, hybrid, reranker) per process; reopened when the index changed on disk."""
     key = (str(index_path(index).resolve()), hybrid, reranker)
     with _CACHE_LOCK:

@@ -8,7 +8,6 @@ adapter serves both the `lora` and `lora+rag` modes.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import shlex
@@ -16,86 +15,14 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar
 from pathlib import Path
 from typing import Callable
 
 from app import prompts
-from app.config import DEFAULT_INDEX
+from app.config import TrainConfig
 from app.types import Passage
 
 IGNORE = -100
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    name: str
-    base_model: str | None = None  # app.models spec; None -> the default base model
-    epochs: float = 1.0
-    lr: float = 3e-4
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    layers: int | None = None  # adapt only the last N transformer layers (backward stops there: cheaper)
-    max_len: int = 1024  # tokens per example (prompt + target); passages are shortened to fit
-    grad_accum: int = 8  # examples per optimizer step (micro-batch is one example: no padding waste)
-    warmup: float = 0.06  # fraction of optimizer steps
-    val_fraction: float = 0.05  # held out: validation loss, and the only items calibration may use
-    evals: int = 3  # validation passes during training (plus one at the end)
-    decision_weight: float = 1.0  # loss weight of the yes/no/maybe token relative to an explanation token
-    class_balance: bool = False  # scale the decision token's weight by 1/(share of its class)
-    retrieval_aware: bool = False
-    index: str = DEFAULT_INDEX
-    gold_fraction: float = 0.8  # of the examples with passages, how many include the gold document
-    no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
-    k: int = 3
-    passage_chars: int | None = prompts.PASSAGE_CHARS  # characters kept per passage; None: whole chunks
-    seed: int = 0
-    limit: int | None = None  # use only the first N items of the data file
-    parent: str | None = None  # adapter to continue training from (name in the registry)
-    adapters_dir: str | None = None  # registry root; None -> app.config.adapters_dir()
-    threads: int | None = 2  # torch threads; None leaves torch's default
-
-    FIELD_HELP: ClassVar[dict[str, str]] = {
-        "data": "QA JSONL file (fields: question, long_answer, final_decision, context_doc_id)",
-        "name": "adapter name in the registry (a new version when it exists)",
-        "base_model": "base model spec: built-in name, local folder or hub id (default smollm2-135m-instruct)",
-        "target_modules": "comma-separated module names to adapt",
-        "layers": "adapt only the last N transformer layers (default: all)",
-        "max_len": "tokens per example (prompt + target); passages are shortened to fit",
-        "grad_accum": "examples per optimizer step",
-        "val_fraction": "share held out for validation loss (and the only items calibration may use)",
-        "decision_weight": "loss weight of the yes/no/maybe token relative to an explanation token",
-        "class_balance": "weight the decision token by 1 / (share of its class)",
-        "retrieval_aware": "RAFT-style: training prompts carry retrieved passages from --index",
-        "index": "index the passages come from",
-        "gold_fraction": "share of passage-carrying examples that include the gold document",
-        "no_passage_fraction": "share of examples with no passages (plain template)",
-        "k": "passages per training prompt (and the adapter's answer-time k)",
-        "passage_chars": "characters kept per passage (default: whole chunks)",
-        "limit": "use only the first N items",
-        "parent": "continue training from this registered adapter",
-        "adapters_dir": "registry folder (default adapters/)",
-        "threads": "torch CPU threads",
-    }
-
-    def __post_init__(self):
-        from app import registry
-
-        registry.check_name(self.name) if self.name else None
-        for key in ("gold_fraction", "no_passage_fraction", "val_fraction", "warmup"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must lie between 0 and 1")
-        for key in ("epochs", "lr", "decision_weight"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must be above 0")
-        if self.layers is not None and self.layers < 1:
-            raise ValueError(f"--layers {self.layers} must be at least 1 (or leave it out to adapt every layer)")
-        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1:
-            raise ValueError("-k, --rank and --grad-accum must be at least 1 and --max-len at least 64")
 
 
 @dataclass
@@ -117,7 +44,7 @@ class TrainResult:
 
 def load_items(path) -> list[dict]:
     """QA JSONL rows (read by app.evaluate.load_questions); training also needs a long_answer or final_decision."""
-    from app.evaluate import load_questions
+    from app.questions import load_questions
 
     items = []
     for item in load_questions(path):

@@ -4,6 +4,7 @@
   4 modes batched vs 1       engine.compare (one generate call) vs one lora+rag answer (target <= 1.5x)
   LoRA unmerged vs base      decode time per token with the adapter on vs off (target <= 1.15x)
   tokens/s at batch 1 and 4  with torch's default threads ("before") and the engine's setting ("after")
+  decision scoring cost      the same answer with the yes/no/maybe options scored vs free (target < 2%)
 
 Uses adapters/medical-pubmedqa when installed, else a random-init LoRA (same shape as training's
 default) in a temporary registry. Rows are forced to the same length (eos ignored) so that times compare.
@@ -110,6 +111,15 @@ def main() -> None:
     b, lo = statistics.median(base_s), statistics.median(lora_s)
     print(f"LoRA unmerged vs base decode: {lo / b:.2f}x  (base {n / b:.1f} tok/s, lora {n / lo:.1f} tok/s; "
           f"target <= 1.15x)")
+
+    # decision scoring: same prompt, same length, scored (option log-probs + forced opening) vs free
+    free_s, scored_s = [], []
+    for _ in range(r * 2):
+        free_s.append(timed(lambda: engine.answer(QUESTION, adapter=ad, max_new_tokens=n, decide=False)))
+        scored_s.append(timed(lambda: engine.answer(QUESTION, adapter=ad, max_new_tokens=n, decide=True)))
+    fr, sc = statistics.median(free_s), statistics.median(scored_s)
+    print(f"decision scoring vs free answer: {sc / fr:.3f}x ({(sc / fr - 1) * 100:+.1f}%; free {fr:.3f} s, "
+          f"scored {sc:.3f} s, {n} tokens; target < 2%)")
 
     # four modes batched vs one single-mode answer
     have_index = True

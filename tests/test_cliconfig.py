@@ -60,3 +60,10 @@ def test_train_reproduce_command_parses_back_to_the_same_config(tmp_path, monkey
     assert "--data" in argv and argv[argv.index("--data") + 1] == "train.jsonl"  # relative, not this machine's path
     back = from_args(TrainConfig, build_parser().parse_args(argv), skip=())
     assert back == TrainConfig(**{**cfg.__dict__, "data": "train.jsonl"})
+
+
+def test_public_api_imports_from_the_packages():
+    from app import Answer, Engine, EngineConfig, Request  # noqa: F401
+    from ingest import Index, ingest_paths  # noqa: F401
+
+    assert Engine.answer.__doc__ and ">>>" not in Engine.answer.__doc__ and "engine.answer(" in Engine.answer.__doc__

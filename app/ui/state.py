@@ -6,7 +6,6 @@ adapter or retrieval is a per-request argument to the engine, never a reload.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from contextlib import contextmanager
