@@ -45,7 +45,7 @@ def test_search_command(sample_index, shared_data, tmp_path, capsys):
 
     assert main(["search", "treadmill training after stroke", "--index", str(sample_index), "--hybrid", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
-    assert len(hits) == 5 and hits[0]["doc_id"] == "pubmed-18955431" and hits[0]["source"].endswith(".txt")
+    assert len(hits) == 3 and hits[0]["doc_id"] == "pubmed-18955431" and hits[0]["source"].endswith(".txt")
 
     out_file = tmp_path / "runs.jsonl"
     assert main(["search", "--queries", str(shared_data / "sample" / "dev.jsonl"), "--index", str(sample_index),
