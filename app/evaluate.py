@@ -293,18 +293,6 @@ def compare_results(old: EvalResult, new: EvalResult) -> dict[str, Any]:
     return {"old": old.summary.get("adapter"), "new": new.summary.get("adapter"), "modes": per_mode}
 
 
-def adapter_source(spec: str, root=None) -> str:
-    """"name@vN" -> the folder of that registry version (engines load names or folders); else unchanged."""
-    if "@" not in spec or Path(spec).exists():
-        return spec
-    from app import registry
-
-    name, _, ver = spec.partition("@")
-    if not ver.lstrip("v").isdigit():
-        raise ValueError(f"adapter '{spec}': write a version as NAME@vN, e.g. {name}@v1")
-    return str(registry.get(name, root, version=int(ver.lstrip("v"))).path)
-
-
 def make_engine(cfg: EvalConfig):
     from app.config import EngineConfig
     from app.engine import Engine
@@ -313,7 +301,7 @@ def make_engine(cfg: EvalConfig):
                                         threads=cfg.threads, index=cfg.index))
 
 
-def make_judge(cfg: EvalConfig, engine=None):
+def make_judge(cfg: EvalConfig):
     if cfg.judge is None:
         return None
     from app.judge import FaithfulnessJudge
@@ -344,7 +332,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     todo = [m for m in modes if m not in kept]
     if todo:
         engine = engine or make_engine(cfg)
-        adapter = adapter_source(cfg.adapter, engine.root) if cfg.adapter else None
+        adapter = engine.load_adapter(cfg.adapter) if cfg.adapter else None  # NAME, NAME@vN or a folder
         if cfg.few_shot and not cfg.few_shot_data:
             raise ValueError("--few-shot N needs --few-shot-data FILE (a labelled set other than --data)")
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
@@ -352,7 +340,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
             todo.append(FEWSHOT)
         result = evaluate(engine, items, todo, adapter, cfg.index, cfg.k, progress,
                           max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,
-                          split_by_retrieval=cfg.split_by_retrieval, judge=make_judge(cfg, engine),
+                          split_by_retrieval=cfg.split_by_retrieval, judge=make_judge(cfg),
                           n_resamples=cfg.n_resamples, seed=cfg.seed, data_path=cfg.data,
                           decisions=cfg.decisions, calibrate=cfg.calibrate, passage_chars=cfg.passage_chars,
                           few_shot=shots)
