@@ -146,6 +146,14 @@ def render_readme(card: AdapterCard | dict) -> str:
     if card.loss_curve:
         first, last = card.loss_curve[0], card.loss_curve[-1]
         lines += ["", "## Training loss", "", f"{len(card.loss_curve)} points; first {list(first)}, last {list(last)}"]
+    if card.answer_settings:
+        a = card.answer_settings
+        lines += ["", "## Answer-time settings", "",
+                  f"Trained for k={a.get('k')} passages of {a.get('passage_chars') or 'whole-chunk'} characters "
+                  f"from index `{a.get('index')}`; the engine uses these when this adapter is on, unless overridden."]
+    if card.calibration:
+        lines += ["", "## Decision calibration", ""]
+        lines += [f"- {mode}: {json.dumps(off, sort_keys=True)}" for mode, off in card.calibration.items()]
     lines += ["", "## Evaluation (per version, per mode)", ""]
     if not card.evals:
         lines.append("(no evaluation recorded yet; run `loracle eval`)")

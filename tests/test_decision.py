@@ -124,3 +124,28 @@ def test_fit_offsets_moves_the_prior_towards_the_minority_classes():
     ("How does insulin work?", False), ("Tell me about tea.", False), ("", False)])
 def test_which_questions_call_for_a_decision(question, expected):
     assert calls_for_decision(question) is expected
+
+
+def test_cli_calibrate_stores_base_offsets_and_refuses_an_adapters_training_items(setup, tmp_path, monkeypatch,
+                                                                                   shared_data, capsys):
+    import json
+
+    from app.cli import main
+    from app.models import sha256_file
+
+    engine, d = setup
+    data = tmp_path / "cal.jsonl"
+    data.write_text((shared_data / "sample" / "dev.jsonl").read_text())
+    root = tmp_path / "adapters"
+    base = d / "base"
+    card = card_for(base, training_data={"path": "cal.jsonl", "sha256": sha256_file(data)})
+    registry.install(make_adapter(base, tmp_path / "staging", seed=4), "beta", card, root)
+    monkeypatch.setenv("LORACLE_ADAPTERS", str(root))
+    args = ["calibrate", "--data", str(data), "--base-model", str(base), "--folds", "2", "--threads", "1"]
+    assert main(args + ["--modes", "base"]) == 0
+    out = capsys.readouterr().out
+    assert "2-fold CV" in out and "base-calibration.json" in out
+    stored = json.loads((root / "base-calibration.json").read_text())
+    assert set(stored[engine.info.name]["base"]) == set(OPTIONS)
+    assert main(args + ["--modes", "lora", "--adapter", "beta"]) == 2  # trained on this file, no held-out ids
+    assert "held-out" in capsys.readouterr().err
