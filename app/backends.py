@@ -80,11 +80,13 @@ class LocalBackend:
         from transformers import GenerationConfig
 
         # the repetition penalty runs as our own processor, after the decision scorer (see _processors)
-        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        # repetition_penalty=1.0 explicitly: else a model's generation_config.json could add a default penalty
+        # ahead of the decision scorer
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
                                 **({"min_new_tokens": max_new_tokens} if self.force_length else {}),
                                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
-    def _processors(self, items: list[GenItem]):
+    def _processors(self, items: list[GenItem], mask):
         """Decision scorer first (it must see the model's raw log-probs), then the repetition penalty."""
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
@@ -96,8 +98,9 @@ class LocalBackend:
                 self._option_ids = option_ids(self.tokenizer)
             scorer = DecisionProcessor(self._option_ids, [i.decide for i in items])
         procs = LogitsProcessorList([scorer] if scorer else [])
-        if self.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.repetition_penalty != 1.0:  # left padding is not part of a row's text: not penalised
+            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty,
+                                                          prompt_ignore_length=(mask == 0).sum(dim=1)))
         return procs, scorer
 
     def make_streamer(self):
@@ -168,7 +171,7 @@ class LocalBackend:
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         names = [i.adapter for i in items]
-        procs, scorer = self._processors(items)
+        procs, scorer = self._processors(items, enc["attention_mask"])
         kwargs = dict(enc, generation_config=self._gen_config(max(i.max_new_tokens for i in items)),
                       streamer=streamer, logits_processor=procs)
         with torch.inference_mode():

@@ -41,8 +41,7 @@ def fit_offsets(logprobs: Sequence[dict[str, float]], gold: Sequence[str]) -> di
         fn = ((pred != cls) & (y == cls)).sum(1)
         denom = 2 * tp + fp + fn
         f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan))
-    present = [cls for cls in range(3) if (y == cls).any()]
-    macro = np.nanmean(np.stack([f1s[c] for c in present]), axis=0)
+    macro = np.nanmean(np.stack(f1s), axis=0)  # over the classes in gold or predicted, as metrics.macro_f1
     near = np.flatnonzero(macro >= macro.max() - 0.005)
     best = near[np.argmin((shifts[near] ** 2).sum(1))]
     return {o: round(float(v), 2) for o, v in zip(OPTIONS, shifts[best])}
@@ -55,7 +54,11 @@ def fit(engine, items, modes: Sequence[str], adapter=None, data: str | None = No
 
     labelled = [it for it in items if it.final_decision]
     if not labelled:
-        raise ValueError("calibration needs questions with a final_decision (yes, no or maybe)")
+        raise ValueError("calibration needs questions with a final_decision (yes, no or maybe); none are left "
+                         "in this set (check --data and --limit)")
+    if getattr(engine.backend, "kind", "local") != "local":
+        raise ValueError("calibration scores the options' log-likelihoods, which only the local backend gives; "
+                         "run `loracle calibrate` with the local backend")
     table: dict = {}
     for mode in modes:
         reqs = [Request(it.question, adapter if mode.startswith("lora") else None, mode.endswith("rag"),
@@ -67,9 +70,16 @@ def fit(engine, items, modes: Sequence[str], adapter=None, data: str | None = No
         if scores is not None:
             scores[mode] = raw
         table[mode] = fit_offsets(raw, [it.final_decision for it in labelled])
-    table["fitted_on"] = {"data": Path(data).name if data else None, "n": len(labelled),
-                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    info = {"data": Path(data).name if data else None, "n": len(labelled),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    table["fitted_on"] = {mode: dict(info) for mode in modes}
     return table
+
+
+def fitted_on(table: dict, mode: str) -> dict:
+    """What a mode's offsets were fitted on (per-mode entries; a flat entry is shared by every mode)."""
+    entry = table.get("fitted_on") or {}
+    return entry.get(mode) if isinstance(entry.get(mode), dict) else entry
 
 
 def base_file(root) -> Path:
@@ -92,7 +102,9 @@ def save_base(root, base_model: str, table: dict) -> Path:
     """Store the base and rag modes' offsets for `base_model` (other base models' entries are kept)."""
     path = base_file(root)
     current = json.loads(path.read_text()) if path.is_file() else {}
-    current[base_model] = {k: v for k, v in table.items() if k in ("base", "rag", "fewshot", "fitted_on")}
+    mine = {k: v for k, v in table.items() if k in ("base", "rag", "fewshot")}
+    fitted = {**(current.get(base_model, {}).get("fitted_on") or {}), **{m: fitted_on(table, m) for m in mine}}
+    current[base_model] = {**current.get(base_model, {}), **mine, "fitted_on": fitted}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(current, indent=2) + "\n")
@@ -109,6 +121,8 @@ def cross_validate(logprobs: Sequence[dict[str, float]], gold: Sequence[str], fo
     from app.decision import decide
     from app.metrics import accuracy, macro_f1
 
+    if not 2 <= folds <= len(gold):
+        raise ValueError(f"--folds {folds}: use between 2 and the number of labelled questions ({len(gold)})")
     order = list(range(len(gold)))
     random.Random(seed).shuffle(order)
     pred: list[str | None] = [None] * len(gold)

@@ -97,8 +97,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     groups = [(base_modes, None, items, None)] if base_modes else []
     lora_modes = [m for m in modes if m.startswith("lora")]
     if lora_modes:
-        ref = engine.load_adapter(args.adapter or DEFAULT_ADAPTER)
-        info = registry.get(ref.name, engine.root, version=ref.version)
+        ref, info = engine.resolve(args.adapter or DEFAULT_ADAPTER)
+        if ref.key != ref.name and not args.dry_run:
+            raise ValueError(f"{args.adapter} is not the registry's current version of an adapter; offsets are "
+                             f"stored in the current version's card only (use --dry-run to just print them)")
+        ref = engine.load_adapter(ref)
         kept, note = calibration.items_for_adapter(items, info.card, sha256_file(Path(args.data)), ref.label)
         groups.append((lora_modes, ref, kept, note))
     for group_modes, ref, group_items, note in groups:

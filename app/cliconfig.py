@@ -43,15 +43,27 @@ def _default(f: dataclasses.Field):
     return None
 
 
+def _parser(kind, none_allowed: bool):
+    """The flag's value parser; "none" gives None for an optional field whose default is not None."""
+    if not none_allowed:
+        return kind
+
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] = (), required: Iterable[str] = (),
                   unset_defaults: bool = False) -> None:
     """A flag per field. With `unset_defaults`, flags not given stay None (the caller's config decides)."""
     required = set(required)
-    for f, kind, _ in _fields(cls, skip):
+    for f, kind, optional in _fields(cls, skip):
         names = ["--" + f.name.replace("_", "-")] + ([SHORT[f.name]] if f.name in SHORT else [])
         default = None if unset_defaults else _default(f)
         shown = "" if default in (None, "", ()) else f" (default {','.join(default) if kind is tuple else default})"
-        kw: dict[str, Any] = {"dest": f.name, "help": _help(cls, f) + shown}
+        kw: dict[str, Any] = {"dest": f.name, "help": _help(cls, f) + ("" if kind is bool else shown)}
         if f.name in required:
             kw.update(required=True)
         elif kind is bool:
@@ -59,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] =
         else:
             kw.update(default=",".join(default) if kind is tuple and default else default)
         if kind is not bool:
-            kw["type"] = {int: int, float: float}.get(kind, str)
+            kw["type"] = _parser({int: int, float: float}.get(kind, str), optional and _default(f) is not None)
             kw["metavar"] = f.name.upper() if kind is not tuple else "A,B"
         parser.add_argument(*names, **kw)
 
@@ -91,7 +103,7 @@ def overrides(cls, args: argparse.Namespace, *, skip: Iterable[str] = ()) -> dic
 def to_flags(cfg, *, skip: Iterable[str] = (), all_fields: bool = False) -> list[str]:
     """Flags that rebuild `cfg` through add_arguments/from_args; fields at their default are left out."""
     out: list[str] = []
-    for f, kind, _ in _fields(type(cfg), skip):
+    for f, kind, optional in _fields(type(cfg), skip):
         value = getattr(cfg, f.name)
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING  # type: ignore
         if not all_fields and has_default and value == _default(f):
@@ -100,7 +112,8 @@ def to_flags(cfg, *, skip: Iterable[str] = (), all_fields: bool = False) -> list
         if kind is bool:
             out.append(flag if value else "--no-" + f.name.replace("_", "-"))
         elif value is None:
-            continue
+            if optional and _default(f) is not None:
+                out += [flag, "none"]
         elif kind is tuple:
             out += [flag, ",".join(value)]
         else:

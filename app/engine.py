@@ -138,10 +138,12 @@ class Engine:
             ref = engine.load_adapter("medical-pubmedqa@v2")
             engine.answer("Is X safe?", adapter=ref)
         """
-        if isinstance(name_or_path, AdapterRef):
-            if name_or_path.key in self._adapters:
+        if isinstance(name_or_path, AdapterRef):  # pinned: the same version, even after the registry moved on
+            have = self._adapters.get(name_or_path.key)
+            if have and have.ref == name_or_path:
                 return name_or_path
-            name_or_path = str(name_or_path.path)
+            inside = name_or_path.path.resolve().is_relative_to(self.root.resolve())
+            name_or_path = f"{name_or_path.name}@v{name_or_path.version}" if inside else str(name_or_path.path)
         ref, info = self.resolve(name_or_path)
         with self._lock:
             have = self._adapters.get(ref.key)
@@ -194,12 +196,13 @@ class Engine:
             p.offsets = None
             return
         use = cfg.calibrate if r.calibrate is None else r.calibrate
-        mode = mode_of(p.adapter.ref.key if p.adapter else None, r.retrieval)
+        mode = "fewshot" if r.examples and not p.adapter and not r.retrieval else \
+            mode_of(p.adapter.ref.key if p.adapter else None, r.retrieval)
         table = (p.adapter.calibration if p.adapter else self.base_calibration) if use else {}
         p.offsets = dict(table.get(mode) or {})
         if p.offsets:
             owner = p.adapter.ref.label if p.adapter else f"base model {self.info.name}"
-            p.calibration = f"{owner} {mode}, fitted on {(table.get('fitted_on') or {}).get('data', '?')}"
+            p.calibration = f"{owner} {mode}, fitted on {calibration.fitted_on(table, mode).get('data', '?')}"
 
     def _retrieve(self, preps: list[_Prepared]) -> None:
         groups: dict[tuple[str, int], list[_Prepared]] = {}
@@ -317,13 +320,15 @@ class Engine:
 
         worker = threading.Thread(target=run, name="loracle-generate", daemon=True)
         worker.start()
-        started = False
-        for delta in streamer:
-            if not started:  # the final text is stripped; keep the streamed text identical to it
+        started, held = False, ""
+        for delta in streamer:  # the final text is stripped: keep the streamed text identical to it
+            if not started:
                 delta = delta.lstrip()
                 started = bool(delta)
-            if delta:
-                yield delta
+            delta = held + delta
+            held = delta[len(delta.rstrip()):]  # trailing whitespace waits until more text follows
+            if delta.rstrip():
+                yield delta.rstrip()
         worker.join()
         if "error" in result:
             raise result["error"]

@@ -127,7 +127,8 @@ class _Plan:
 
 
 def _run_batch(engine, plan: _Plan, pairs, split_by_retrieval: bool, max_new_tokens, scored: bool) -> dict:
-    groups = ([[p for p in pairs if not p[1].endswith("rag")], [p for p in pairs if p[1].endswith("rag")]]
+    groups = ([[p for p in pairs if not p[1].endswith("rag") and p[1] != FEWSHOT],
+               [p for p in pairs if p[1].endswith("rag")], [p for p in pairs if p[1] == FEWSHOT]]
               if split_by_retrieval else [pairs])
     answers = []
     for group in (g for g in groups if g):
@@ -317,13 +318,21 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     and only the missing modes run; the merged rows are summarised together."""
     items = load_questions(cfg.data, cfg.limit)
     modes = parse_modes(cfg.modes)
+    if cfg.few_shot and not cfg.few_shot_data:
+        raise ValueError("--few-shot N needs --few-shot-data FILE (a labelled set other than --data)")
+    if cfg.few_shot and FEWSHOT not in modes:
+        modes.append(FEWSHOT)
     if cfg.save_to_card and not any(m.startswith("lora") for m in modes):
         raise ValueError("--save-to-card stores results under an adapter; include lora or lora+rag in --modes")
     out_dir = Path(out or cfg.out or Path("runs") / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     kept, prev = [], None
     if cfg.resume and (out_dir / RESULTS_FILE).is_file():
         prev = load_results(out_dir)
-        for key, want in (("data_sha256", sha256_file(Path(cfg.data))), ("k", cfg.k), ("max_new_tokens", cfg.max_new_tokens)):
+        same = [("data_sha256", sha256_file(Path(cfg.data))), ("max_new_tokens", cfg.max_new_tokens),
+                ("decisions", cfg.decisions), ("calibrate", cfg.calibrate), ("few_shot", cfg.few_shot)]
+        if cfg.k is not None:  # None: the adapter's / engine's k, whatever the earlier run recorded
+            same.append(("k", cfg.k))
+        for key, want in same:
             if prev.summary.get(key) not in (None, want):
                 raise ValueError(f"cannot resume {out_dir}: it was run with {key}={prev.summary[key]!r}, "
                                  f"this run has {want!r}; use another --out")
@@ -333,11 +342,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     if todo:
         engine = engine or make_engine(cfg)
         adapter = engine.load_adapter(cfg.adapter) if cfg.adapter else None  # NAME, NAME@vN or a folder
-        if cfg.few_shot and not cfg.few_shot_data:
-            raise ValueError("--few-shot N needs --few-shot-data FILE (a labelled set other than --data)")
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
-        if shots and FEWSHOT not in todo:
-            todo.append(FEWSHOT)
         result = evaluate(engine, items, todo, adapter, cfg.index, cfg.k, progress,
                           max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,
                           split_by_retrieval=cfg.split_by_retrieval, judge=make_judge(cfg),

@@ -84,10 +84,15 @@ def build_messages(question: str, passages: list[Passage] | None = None, templat
 
 
 def render(tokenizer, messages: list[dict]) -> str:
-    """Prompt text in the model's own chat template (plain text fallback for models without one)."""
+    """Prompt text in the model's own chat template. Models without one (e.g. gemma3-270m, not instruction-tuned)
+    get plain text ending in "Answer:" and a newline, so that "Yes"/"No"/"Maybe" start a line as they do
+    after a chat template's assistant header; with the BOS token first when the tokenizer adds one."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
+    text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:\n"
+    bos = getattr(tokenizer, "bos_token", None)
+    ids = tokenizer("x")["input_ids"] if bos else []
+    return (bos + text) if bos and ids and ids[0] == tokenizer.bos_token_id else text
 
 
 def format_target(decision: str | None, long_answer: str, cite: list[int] | None = None) -> str:

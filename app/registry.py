@@ -358,13 +358,15 @@ def record_eval(name: str, summary: dict, root=None) -> AdapterInfo:
 
 
 def record_calibration(name: str, table: dict, root=None) -> AdapterInfo:
-    """Store decision calibration offsets ({"lora": {...}, "lora+rag": {...}, "fitted_on": {...}}) in the current
-    version's card; the engine applies them to that version from the next request on.
+    """Store decision calibration offsets ({"lora": {...}, "lora+rag": {...}, "fitted_on": {mode: {...}}}) in the
+    current version's card (other modes' offsets are kept); engines read them when they load the adapter.
 
     Example: `record_calibration("medical-pubmedqa", {"lora": {"yes": 0, "no": 0.4, "maybe": 1.2}})`.
     """
     info = get(name, root)
     card = info.card
-    card.calibration = {**(card.calibration or {}), **table}
+    old = card.calibration or {}
+    fitted = {**(old.get("fitted_on") or {}), **(table.get("fitted_on") or {})}
+    card.calibration = {**old, **table, "fitted_on": fitted}
     _write_card(info.path, card)
     return read_folder(info.path, name)

@@ -22,6 +22,7 @@ def _round_trip(cfg, **kw):
     TrainConfig(data="d.jsonl", name="n", epochs=1.5, layers=8, retrieval_aware=True, class_balance=True,
                 decision_weight=5.0, passage_chars=None, target_modules=("q_proj", "v_proj"), limit=10,
                 threads=1, parent="p"),
+    TrainConfig(data="d.jsonl", name="n", threads=None),
     EvalConfig(data="dev.jsonl"),
     EvalConfig(data="dev.jsonl", modes=("lora", "rag"), k=2, decisions="both", calibrate=False, few_shot=3,
                few_shot_data="train.jsonl", split_by_retrieval=False, limit=5, n_resamples=200),

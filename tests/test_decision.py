@@ -102,7 +102,7 @@ def test_base_calibration_file_round_trip_and_fit(setup, tmp_path):
     items = [QAItem(f"q{i}", f"Is remedy {i} useful?", final_decision=("no" if i % 3 else "yes"))
              for i in range(6)]
     table = calibration.fit(engine, items, ["base"], data="cal.jsonl")
-    assert set(table["base"]) == set(OPTIONS) and table["fitted_on"]["n"] == 6
+    assert set(table["base"]) == set(OPTIONS) and table["fitted_on"]["base"]["n"] == 6
     calibration.save_base(tmp_path, engine.info.name, table)
     assert calibration.load_base(tmp_path, engine.info.name)["base"] == table["base"]
     assert calibration.load_base(tmp_path, "other/model") == {}

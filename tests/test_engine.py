@@ -225,5 +225,7 @@ def test_real_default_model_answers_in_all_four_modes(tmp_path):
     for mode, a in result.items():
         assert a.text and a.timings["new_tokens"] > 0, mode
         assert (a.adapter or "").startswith(DEFAULT_ADAPTER) == ("lora" in mode)
-        assert len(a.passages) == (2 if "rag" in mode else 0)
+        assert len(a.passages) == (a.settings["k"] if "rag" in mode else 0)
         assert all(c.passage is not None for c in a.citations if c.valid)
+        assert a.decision is not None and a.text.lower().startswith(a.decision.label)  # a yes/no question
+    assert result["rag"].settings["k"] == 2  # the engine's k; lora+rag takes the adapter card's when it has one
