@@ -154,6 +154,11 @@ def render_readme(card: AdapterCard | dict) -> str:
     if card.calibration:
         lines += ["", "## Decision calibration", ""]
         lines += [f"- {mode}: {json.dumps(off, sort_keys=True)}" for mode, off in card.calibration.items()]
+    experiments = card.extra.get("experiments") if isinstance(card.extra, dict) else None
+    if experiments:
+        lines += ["", "## Training settings tried (not shipped unless named above)", "",
+                  "| setting | figures |", "|---|---|"]
+        lines += [f"| {e.get('setting', '?')} | {e.get('figures', '')} |" for e in experiments if isinstance(e, dict)]
     lines += ["", "## Evaluation (per version, per mode)", ""]
     if not card.evals:
         lines.append("(no evaluation recorded yet; run `loracle eval`)")

@@ -55,12 +55,26 @@ def adapter_root(info) -> tuple[str, str]:
         return str(root), "random-init LoRA r=16 on q,k,v,o (no shipped adapter yet)"
 
 
+def scoring_cost(engine, ad: str, n: int, r: int) -> None:
+    """Same prompt, same length: scored (option log-probs + forced opening) vs free, interleaved, with and
+    without passages; the extra work is one log-softmax over the vocabulary per row."""
+    for label, kw in (("question only", {}), ("with passages", {"retrieval": True})):
+        free_s, scored_s = [], []
+        for _ in range(r * 2):
+            free_s.append(timed(lambda: engine.answer(QUESTION, adapter=ad, max_new_tokens=n, decide=False, **kw)))
+            scored_s.append(timed(lambda: engine.answer(QUESTION, adapter=ad, max_new_tokens=n, decide=True, **kw)))
+        fr, sc = statistics.median(free_s), statistics.median(scored_s)
+        print(f"decision scoring vs free answer, {label}: {sc / fr:.3f}x ({(sc / fr - 1) * 100:+.1f}%; free "
+              f"{fr:.3f} s, scored {sc:.3f} s, {n} tokens; target < 2%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--index", default="pubmedqa")
     ap.add_argument("-k", type=int, default=3)
+    ap.add_argument("--scoring-only", action="store_true", help="measure only the decision-scoring cost")
     args = ap.parse_args()
 
     import torch
@@ -84,6 +98,9 @@ def main() -> None:
     print(f"engine start {load_s:.2f} s; adapter load from disk {adapter_load_s:.3f} s")
     engine.answer(QUESTION, max_new_tokens=2)
     engine.answer(QUESTION, adapter=ad, max_new_tokens=2)
+
+    if args.scoring_only:
+        return scoring_cost(engine, ad, n, r)
 
     # adapter switch: alternating modes vs repeating one mode, one new token per answer
     same = alt = 0.0
@@ -112,14 +129,7 @@ def main() -> None:
     print(f"LoRA unmerged vs base decode: {lo / b:.2f}x  (base {n / b:.1f} tok/s, lora {n / lo:.1f} tok/s; "
           f"target <= 1.15x)")
 
-    # decision scoring: same prompt, same length, scored (option log-probs + forced opening) vs free
-    free_s, scored_s = [], []
-    for _ in range(r * 2):
-        free_s.append(timed(lambda: engine.answer(QUESTION, adapter=ad, max_new_tokens=n, decide=False)))
-        scored_s.append(timed(lambda: engine.answer(QUESTION, adapter=ad, max_new_tokens=n, decide=True)))
-    fr, sc = statistics.median(free_s), statistics.median(scored_s)
-    print(f"decision scoring vs free answer: {sc / fr:.3f}x ({(sc / fr - 1) * 100:+.1f}%; free {fr:.3f} s, "
-          f"scored {sc:.3f} s, {n} tokens; target < 2%)")
+    scoring_cost(engine, ad, n, r)
 
     # four modes batched vs one single-mode answer
     have_index = True
