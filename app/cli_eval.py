@@ -6,13 +6,20 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval", help="evaluate a question set in the four modes; write results, metrics, charts",
-        description="Run every question of a QA JSONL file in every mode (batched across modes) and write "
+EVAL_DESCRIPTION = ("Run every question of a QA JSONL file in every mode (batched across modes) and write "
         "results.jsonl, summary.json, summary.md and PNG charts into --out. With --compare A B, report "
         "which questions got worse/better from A to B; A and B are results folders or adapters "
         "(NAME, NAME@vN or a folder) evaluated now on --data.")
+CALIBRATE_DESCRIPTION = (
+    "Score the yes/no/maybe options of every labelled question in each mode, fit per-mode offsets that maximise "
+    "macro-F1, print a k-fold cross-validated estimate, and store the offsets: base and rag modes beside the "
+    "registry (base-calibration.json, per base model), lora and lora+rag modes in the adapter's card. Never "
+    "calibrate on the set you report.")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a question set in the four modes; write results, metrics, charts",
+                       description=EVAL_DESCRIPTION)
     from app.cliconfig import add_arguments
     from app.evaluate import EvalConfig
 
@@ -65,12 +72,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def register_calibrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "calibrate", help="fit yes/no/maybe calibration offsets on a labelled set and store them",
-        description="Score the yes/no/maybe options of every labelled question in each mode, fit per-mode "
-        "offsets that maximise macro-F1, print a k-fold cross-validated estimate, and store the offsets: "
-        "base and rag modes beside the registry (base-calibration.json, per base model), lora and lora+rag "
-        "modes in the adapter's card. Never calibrate on the set you report.")
+    p = sub.add_parser("calibrate", help="fit yes/no/maybe calibration offsets on a labelled set and store them",
+                       description=CALIBRATE_DESCRIPTION)
     p.add_argument("--data", required=True, help="labelled QA JSONL (final_decision yes/no/maybe)")
     p.add_argument("--modes", default="base,rag,lora,lora+rag", help="comma-separated modes")
     p.add_argument("--adapter", default=None, help="adapter for the lora modes (default: medical-pubmedqa)")

@@ -181,34 +181,36 @@ def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adap
         rows.extend(batch_rows)
         if progress:
             progress(len(rows), total)
+    settings = _run_settings(engine, rows, modes, k, judge, data_path, time.perf_counter() - start,
+                             max_new_tokens=max_new_tokens, decisions=decisions, calibrate=calibrate,
+                             few_shot=len(few_shot or []), questions_per_batch=questions_per_batch,
+                             split_by_retrieval=split_by_retrieval, n_resamples=n_resamples, seed=seed,
+                             adapter=getattr(adapter, "label", adapter))
+    return EvalResult(rows, summarize(rows, settings))
+
+
+def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapter=None, **recorded) -> dict:
+    """The settings an evaluation records in its summary (what ran, on what, with which k per mode)."""
     info = getattr(engine, "info", None)
     rag_ks = sorted({r["k"] for r in rows if r["mode"].endswith("rag") and r.get("k")})
-    settings = {
+    return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(data_path) if data_path else None,
         "data_sha256": sha256_file(Path(data_path)) if data_path and Path(data_path).is_file() else None,
-        "n_items": len(items),
+        "n_items": len({r["id"] for r in rows}),
         "modes": modes,
-        "adapter": next((r["adapter"] for r in rows if r["adapter"]), getattr(adapter, "label", adapter)),
+        "adapter": next((r["adapter"] for r in rows if r["adapter"]), adapter),
         "index": next((r["index"] for r in rows if r["mode"].endswith("rag")), None),
         "k": rag_ks[0] if len(rag_ks) == 1 else (k or (rag_ks[-1] if rag_ks else None)),
         "k_by_mode": {m: next((r["k"] for r in rows if r["mode"] == m and r.get("k")), None) for m in modes
                       if m.endswith("rag")},
         "passage_chars_by_mode": {m: next((r["passage_chars"] for r in rows if r["mode"] == m), None)
                                   for m in modes if m.endswith("rag")},
-        "max_new_tokens": max_new_tokens,
-        "decisions": decisions,
-        "calibrate": calibrate,
-        "few_shot": len(few_shot or []),
-        "questions_per_batch": questions_per_batch,
-        "split_by_retrieval": split_by_retrieval,
+        **recorded,
         "base_model": getattr(info, "name", None),
         "judge": getattr(judge, "name", None),
-        "n_resamples": n_resamples,
-        "seed": seed,
-        "wall_s": round(time.perf_counter() - start, 2),
+        "wall_s": round(wall_s, 2),
     }
-    return EvalResult(rows, summarize(rows, settings))
 
 
 def summarize(rows: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
