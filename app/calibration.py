@@ -17,6 +17,7 @@ from typing import Sequence
 
 from app.config import BASE_CALIBRATION_FILE
 from app.decision import OPTIONS
+from app.metrics import macro_f1_rows
 
 GRID = [x / 10 for x in range(-50, 51, 2)]  # offsets tried for "no" and "maybe", in nats
 
@@ -33,15 +34,8 @@ def fit_offsets(logprobs: Sequence[dict[str, float]], gold: Sequence[str]) -> di
     grid = np.array(GRID)
     b, c = np.meshgrid(grid, grid, indexing="ij")
     shifts = np.stack([np.zeros_like(b), b, c], axis=-1).reshape(-1, 3)  # (G, 3)
-    pred = (lp[None, :, :] + shifts[:, None, :]).argmax(-1)  # (G, n)
-    f1s = []
-    for cls in range(3):
-        tp = ((pred == cls) & (y == cls)).sum(1)
-        fp = ((pred == cls) & (y != cls)).sum(1)
-        fn = ((pred != cls) & (y == cls)).sum(1)
-        denom = 2 * tp + fp + fn
-        f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan))
-    macro = np.nanmean(np.stack(f1s), axis=0)  # over the classes in gold or predicted, as metrics.macro_f1
+    pred = (lp[None, :, :] + shifts[:, None, :]).argmax(-1)  # (G, n); OPTIONS is metrics.DECISIONS' order
+    macro = macro_f1_rows(pred, y)
     near = np.flatnonzero(macro >= macro.max() - 0.005)
     best = near[np.argmin((shifts[near] ** 2).sum(1))]
     return {o: round(float(v), 2) for o, v in zip(OPTIONS, shifts[best])}

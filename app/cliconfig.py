@@ -30,7 +30,8 @@ def _help(cls, f: dataclasses.Field) -> str:
     return f.metadata.get("help") or getattr(cls, "FIELD_HELP", {}).get(f.name) or f.name.replace("_", " ")
 
 
-def _fields(cls, skip: Iterable[str]) -> list[tuple[dataclasses.Field, type, bool]]:
+def field_types(cls, skip: Iterable[str] = ()) -> list[tuple[dataclasses.Field, type, bool]]:
+    """(field, base type, optional) for each init field of a config dataclass."""
     hints = typing.get_type_hints(cls)
     return [(f, *_kind(hints[f.name])) for f in dataclasses.fields(cls) if f.name not in set(skip) and f.init]
 
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] =
                   unset_defaults: bool = False) -> None:
     """A flag per field. With `unset_defaults`, flags not given stay None (the caller's config decides)."""
     required = set(required)
-    for f, kind, optional in _fields(cls, skip):
+    for f, kind, optional in field_types(cls, skip):
         names = ["--" + f.name.replace("_", "-")] + ([SHORT[f.name]] if f.name in SHORT else [])
         default = None if unset_defaults else _default(f)
         shown = "" if default in (None, "", ()) else f" (default {','.join(default) if kind is tuple else default})"
@@ -76,37 +77,35 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] =
         parser.add_argument(*names, **kw)
 
 
+def _given(cls, args: argparse.Namespace, skip: Iterable[str]) -> dict[str, Any]:
+    """The fields' values in parsed flags, tuples split on commas."""
+    values = {}
+    for f, kind, _ in field_types(cls, skip):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            if kind is tuple and isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            values[f.name] = value
+    return values
+
+
 def from_args(cls, args: argparse.Namespace, *, skip: Iterable[str] = (), **extra):
     """The config from parsed flags (tuples split on commas); `extra` sets fields the flags do not carry."""
-    values = {}
-    for f, kind, _ in _fields(cls, skip):
-        if not hasattr(args, f.name):
-            continue
-        value = getattr(args, f.name)
-        if kind is tuple and isinstance(value, str):
-            value = tuple(v.strip() for v in value.split(",") if v.strip())
-        values[f.name] = value
-    return cls(**{**values, **extra})
+    return cls(**{**_given(cls, args, skip), **extra})
 
 
 def overrides(cls, args: argparse.Namespace, *, skip: Iterable[str] = ()) -> dict[str, Any]:
     """The fields given on the command line (not None), for `EngineConfig.from_env(**overrides)`."""
-    out = {}
-    for f, kind, _ in _fields(cls, skip):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            out[f.name] = tuple(v.strip() for v in value.split(",")) if kind is tuple and isinstance(value, str) \
-                else value
-    return out
+    return {k: v for k, v in _given(cls, args, skip).items() if v is not None}
 
 
-def to_flags(cfg, *, skip: Iterable[str] = (), all_fields: bool = False) -> list[str]:
+def to_flags(cfg, *, skip: Iterable[str] = ()) -> list[str]:
     """Flags that rebuild `cfg` through add_arguments/from_args; fields at their default are left out."""
     out: list[str] = []
-    for f, kind, optional in _fields(type(cfg), skip):
+    for f, kind, optional in field_types(type(cfg), skip):
         value = getattr(cfg, f.name)
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING  # type: ignore
-        if not all_fields and has_default and value == _default(f):
+        if has_default and value == _default(f):
             continue
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:

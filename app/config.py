@@ -6,7 +6,7 @@ only what its user asked for; tests pass their own values (tiny model, temporary
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -72,14 +72,15 @@ class EngineConfig:
     def from_env(cls, **overrides) -> "EngineConfig":
         """Defaults, then the LORACLE_* environment variables named in the fields' metadata, then `overrides`
         (None values are ignored, so callers can pass unset CLI flags through)."""
+        from app.cliconfig import field_types
+
         values = {}
-        for f in fields(cls):
+        for f, kind, _ in field_types(cls):
             env = f.metadata.get("env")
             if env and os.environ.get(env):
                 raw = os.environ[env]
-                kind = type(getattr(cls(), f.name)) if getattr(cls(), f.name) is not None else str
                 try:
-                    values[f.name] = int(raw) if f.name in ("k", "max_new_tokens", "threads") else kind(raw)
+                    values[f.name] = int(raw) if kind is int else raw
                 except ValueError:
                     raise ValueError(f"${env}={raw!r} is not valid for {f.name}; unset it or give a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -78,7 +78,6 @@ class DecisionProcessor:
     def __init__(self, ids: dict[str, int], rows: list[dict[str, float] | None]):
         self.ids, self.rows = ids, rows
         self.logprobs: list[dict[str, float] | None] = [None] * len(rows)
-        self.chosen: list[str | None] = [None] * len(rows)
         self._done = False
 
     def __call__(self, input_ids, scores):
@@ -92,8 +91,8 @@ class DecisionProcessor:
             if offsets is None:
                 continue
             self.logprobs[r] = {k: float(logp[r, i]) for k, i in self.ids.items()}
-            self.chosen[r] = decide(self.logprobs[r], offsets).label
-            keep = scores[r, self.ids[self.chosen[r]]].clone()
+            chosen = self.ids[decide(self.logprobs[r], offsets).label]
+            keep = scores[r, chosen].clone()
             scores[r] = float("-inf")
-            scores[r, self.ids[self.chosen[r]]] = keep
+            scores[r, chosen] = keep
         return scores

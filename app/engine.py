@@ -62,10 +62,6 @@ class _Prepared:
     calibration: str | None = None
 
 
-def _card_field(card, key: str):
-    return card.get(key) if isinstance(card, dict) else getattr(card, key, None)
-
-
 class Engine:
     """One base model; adapters and retrieval switch per request, nothing is reloaded.
 
@@ -153,8 +149,8 @@ class Engine:
             if getattr(self.backend, "base_model", None) is not None:  # local weights: check shapes before PEFT
                 registry.check_shapes(info, self.backend.base_model, self.info.name)
             self.backend.load_adapter(ref.key, info.path, replace=have is not None)
-            self._adapters[ref.key] = _Loaded(ref, dict(_card_field(info.card, "answer_settings") or {}),
-                                              dict(_card_field(info.card, "calibration") or {}))
+            self._adapters[ref.key] = _Loaded(ref, dict(info.card.answer_settings or {}),
+                                              dict(info.card.calibration or {}))
         return ref
 
     def loaded_adapters(self) -> list[str]:
@@ -163,10 +159,6 @@ class Engine:
 
     def adapter_ref(self, key: str) -> AdapterRef:
         return self._adapters[key].ref
-
-    def adapter_settings(self, adapter: str | AdapterRef) -> dict:
-        """The answer-time settings an adapter's card asks for (k, passage_chars, template, index)."""
-        return dict(self._adapters[self.load_adapter(adapter).key].settings)
 
     def _adapter_for(self, adapter: str | AdapterRef | None) -> _Loaded | None:
         if not adapter:

@@ -37,6 +37,20 @@ def macro_f1(predicted: Sequence[str | None], gold: Sequence[str]) -> float | No
     return float(f1_score(list(gold), pred, labels=labels, average="macro", zero_division=0))
 
 
+def macro_f1_rows(pred, gold):
+    """Macro-F1 of many prediction rows at once (numpy arrays of class indexes into DECISIONS, -1 for none):
+    `pred` (R, n) against `gold` (n,) or (R, n). Averaged over the classes in gold or predicted, as
+    `macro_f1`; a row where no class appears at all is NaN."""
+    import numpy as np
+
+    f1 = []
+    for c in range(len(DECISIONS)):
+        tp = ((pred == c) & (gold == c)).sum(-1)
+        denom = 2 * tp + ((pred == c) & (gold != c)).sum(-1) + ((pred != c) & (gold == c)).sum(-1)
+        f1.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan))
+    return np.nanmean(np.stack(f1), axis=0)
+
+
 def class_recall(predicted: Sequence[str | None], gold: Sequence[str]) -> dict[str, float]:
     """Recall of each gold class: the share of its items predicted as it."""
     out = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from app.metrics import DECISIONS, macro_f1
+from app.metrics import DECISIONS, macro_f1, macro_f1_rows
 
 
 def _scores(rows: list[dict], mode: str, metric: str) -> dict[str, Any]:
@@ -34,12 +34,7 @@ def _resampled(items: list, metric: str, idx):
     code = {c: i for i, c in enumerate(DECISIONS)}
     pred = np.array([code.get(p, -1) for p, _ in items])[idx]
     gold = np.array([code.get(g, -2) for _, g in items])[idx]
-    f1 = []
-    for c in range(len(DECISIONS)):
-        tp = ((pred == c) & (gold == c)).sum(1)
-        denom = 2 * tp + ((pred == c) & (gold != c)).sum(1) + ((pred != c) & (gold == c)).sum(1)
-        f1.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan))
-    return np.nan_to_num(np.nanmean(np.stack(f1), axis=0))
+    return np.nan_to_num(macro_f1_rows(pred, gold))
 
 
 def paired_difference(a: list, b: list, metric: str, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
