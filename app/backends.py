@@ -35,6 +35,9 @@ class Generation:
     prompt_tokens: int
     new_tokens: int
     option_logprobs: dict[str, float] | None = None  # yes/no/maybe log-probs at the first position (scored rows)
+    seconds: float | None = None  # this row's own generation time (scheduler); None: the batch's
+    batch_size: int | None = None  # the largest batch the row decoded in (scheduler)
+    cancelled: bool = False  # stopped early because its client went away
 
 
 class LocalBackend:

@@ -64,6 +64,11 @@ class EngineConfig:
     backend: str = _help("local (transformers + PEFT) or openai (an OpenAI-compatible server)", "LORACLE_BACKEND",
                          default="local")
     server_url: str = _help("server for --backend openai", "LORACLE_SERVER_URL", default="http://127.0.0.1:8000/v1")
+    scheduler: bool = _help("continuous batching: one worker decodes every caller's requests together (off: one "
+                            "generate() call at a time under a lock)", default=True)
+    max_batch: int = _help("rows decoded together by the scheduler", "LORACLE_MAX_BATCH", default=8)
+    queue_limit: int = _help("requests allowed to wait for a row; more are answered 'busy'", "LORACLE_QUEUE_LIMIT",
+                             default=32)
 
     def adapters_root(self) -> Path:
         return Path(self.adapters_dir) if self.adapters_dir else adapters_dir()

@@ -2,14 +2,17 @@
 
 The base model is loaded once. Registry adapters are loaded side by side into one PeftModel, each
 under its registry name; a request picks one (or none) and nothing is ever reloaded. A batch of
-requests in different modes runs as ONE generate() call with PEFT mixed-adapter rows
-(`adapter_names=[..., "__base__"]`) and left padding; when prompt lengths differ a lot, each row is
-prefilled alone and the caches are stitched for the joint decode (app.backends.LocalBackend). Generation is serialised by a lock, and the
-adapter choice is made inside it, so threads sharing an engine never see each other's choice.
+requests in different modes is decoded together with PEFT mixed-adapter rows (`adapter_names`).
+
+With the local backend every caller's requests go through one continuous-batching scheduler
+(app.scheduler): a request joins the running batch at the next step and leaves when done. Without it
+(`EngineConfig.scheduler=False`, or a remote backend) each call is one generate() under a lock. The
+adapter choice is made per row inside the model call, so threads never see each other's choice.
 """
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import threading
 import time
@@ -77,6 +80,11 @@ class Engine:
         self.backend = make_backend(self.config)
         self.info = self.backend.info
         self._lock = threading.RLock()
+        self.scheduler = None
+        if self.config.scheduler and self.backend.kind == "local":
+            from app.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self.backend, self._lock, self.config.max_batch, self.config.queue_limit)
         self._adapters: dict[str, _Loaded] = {}
         self.warnings: list[str] = []
         self.base_calibration = calibration.load_base(self.root, self.info.name)
@@ -228,15 +236,22 @@ class Engine:
         return preps
 
     # --- generation -----------------------------------------------------------------------------
-    def _generate(self, preps: list[_Prepared], streamer=None):
+    @staticmethod
+    def _items(preps: list[_Prepared]) -> list:
         from app.backends import GenItem
 
-        items = [GenItem(p.messages, p.adapter.ref.key if p.adapter else None, p.max_new_tokens, p.offsets)
-                 for p in preps]
+        return [GenItem(p.messages, p.adapter.ref.key if p.adapter else None, p.max_new_tokens, p.offsets)
+                for p in preps]
+
+    def _generate(self, preps: list[_Prepared], streamer=None, wait: bool = True):
+        if self.scheduler is not None and streamer is None:
+            return self.scheduler.generate(self._items(preps), wait=wait)
         with self._lock:  # the adapter choice is made inside the backend call, under the lock
-            return self.backend.generate(items, streamer=streamer)
+            return self.backend.generate(self._items(preps), streamer=streamer)
 
     def _answer(self, p: _Prepared, gen, seconds: float, batch: int) -> Answer:
+        seconds = gen.seconds if gen.seconds is not None else seconds
+        batch = gen.batch_size or batch
         timings = {"retrieval_s": round(p.retrieval_s, 4), "prompt_tokens": gen.prompt_tokens,
                    "generation_s": round(seconds, 4), "new_tokens": gen.new_tokens,
                    "tokens_per_s": round(gen.new_tokens / seconds, 2) if seconds > 0 else 0.0, "batch_size": batch}
@@ -265,17 +280,18 @@ class Engine:
             ans = engine.answer("Is aspirin useful after stroke?", adapter="medical-pubmedqa", retrieval=True)
             print(ans.decision.label if ans.decision else "-", ans.text)
         """
-        return self.answer_batch([Request(question, adapter, retrieval, **options)])[0]
+        return self.answer_batch([Request(question, adapter, retrieval, **options)], wait=False)[0]
 
-    def answer_batch(self, requests: list[Request]) -> list[Answer]:
-        """All requests in one mixed-adapter generate() call; answers in request order.
+    def answer_batch(self, requests: list[Request], wait: bool = True) -> list[Answer]:
+        """All requests decoded together (mixed adapters); answers in request order. When the scheduler's
+        queue is full: wait for room, or with wait=False raise app.scheduler.Busy.
 
             answers = engine.answer_batch([Request("Q1?"), Request("Q2?", adapter="medical-pubmedqa")])
         """
         if not requests:
             return []
         preps = self._prepare(list(requests))
-        rows, seconds = self._generate(preps)
+        rows, seconds = self._generate(preps, wait=wait)
         return [self._answer(p, gen, seconds, len(preps)) for p, gen in zip(preps, rows)]
 
     def compare(self, question: str, adapter: str | AdapterRef | None = None, **options) -> dict[str, Answer]:
@@ -285,15 +301,19 @@ class Engine:
         """
         adapter = adapter or self.config.default_adapter
         reqs = [Request(question, adapter if "lora" in m else None, "rag" in m, **options) for m in MODES]
-        return dict(zip(MODES, self.answer_batch(reqs)))
+        return dict(zip(MODES, self.answer_batch(reqs, wait=False)))
 
     def stream(self, question: str, adapter: str | AdapterRef | None = None, retrieval: bool = False,
-               **options) -> Iterator[str | Answer]:
-        """Yield text deltas as they are generated; the last item is the final Answer.
+               cancel: threading.Event | None = None, **options) -> Iterator[str | Answer]:
+        """Yield text deltas as they are generated; the last item is the final Answer. Setting `cancel` (or
+        closing the generator) stops the row: it leaves the batch at the next step and the stream ends.
 
             for part in engine.stream("Is X safe?"): print(part if isinstance(part, str) else "", end="")
         """
         prep = self._prepare([Request(question, adapter, retrieval, **options)])[0]
+        if self.scheduler is not None:
+            yield from self._stream_scheduled(prep, cancel or threading.Event())
+            return
         streamer = self.backend.make_streamer()
         if streamer is None:  # backend without token streaming: one delta with the whole text
             rows, seconds = self._generate([prep])
@@ -312,17 +332,34 @@ class Engine:
 
         worker = threading.Thread(target=run, name="loracle-generate", daemon=True)
         worker.start()
-        started, held = False, ""
-        for delta in streamer:  # the final text is stripped: keep the streamed text identical to it
-            if not started:
-                delta = delta.lstrip()
-                started = bool(delta)
-            delta = held + delta
-            held = delta[len(delta.rstrip()):]  # trailing whitespace waits until more text follows
-            if delta.rstrip():
-                yield delta.rstrip()
+        yield from _trimmed(streamer)
         worker.join()
         if "error" in result:
             raise result["error"]
         rows, seconds = result["out"]
         yield self._answer(prep, rows[0], seconds, 1)
+
+    def _stream_scheduled(self, prep: _Prepared, cancel: threading.Event) -> Iterator[str | Answer]:
+        deltas: queue.Queue = queue.Queue()
+        row = self.scheduler.submit(self._items([prep])[0], on_text=deltas.put, cancel=cancel)
+        try:
+            yield from _trimmed(iter(deltas.get, None))
+            gen = self.scheduler.result(row)
+        finally:  # the consumer stopped early (closed generator, client gone): free the row
+            cancel.set()
+        if not gen.cancelled:
+            yield self._answer(prep, gen, gen.seconds, gen.batch_size)
+
+
+def _trimmed(deltas) -> Iterator[str]:
+    """Deltas whose concatenation equals the final (stripped) text: leading whitespace dropped, trailing
+    whitespace held until more text follows."""
+    started, held = False, ""
+    for delta in deltas:
+        if not started:
+            delta = delta.lstrip()
+            started = bool(delta)
+        delta = held + delta
+        held = delta[len(delta.rstrip()):]
+        if delta.rstrip():
+            yield delta.rstrip()
