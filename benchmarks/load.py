@@ -1,13 +1,17 @@
-"""Load test: N client threads share ONE app.engine.Engine (as the UI's sessions do) and ask questions in
-all four modes, switching between two adapters, while one more client keeps ingesting documents into
-the index the RAG modes search. Loopback only: everything runs in this process, nothing listens.
+"""Load test: N client threads share ONE app.engine.Engine (as the UI's sessions and API clients do) and
+ask questions in all four modes, switching between two adapters, while one more client keeps ingesting
+documents into the index the RAG modes search. Loopback only: everything runs in this process.
+
+Side by side in one run: the same 8-client load served one generate() call at a time (the engine's lock,
+`scheduler=False`) and through the continuous-batching scheduler; then 32 clients against a small queue
+bound, where extra requests must get a clean Busy and memory must stay flat.
 
 Afterwards every answer is checked against a replay of the same request on the idle engine (greedy
 decoding, so equal inputs give equal text): the mode and adapter the answer records must be the ones
 asked for, and its text must be what that adapter (with those passages) produces; a mismatch is
 cross-talk between users. Prints p50/p95 latency per mode and the throughput.
 
-    python benchmarks/load.py [--seconds 120] [--clients 8] [--max-new-tokens 24]
+    python benchmarks/load.py [--seconds 90] [--clients 8] [--max-new-tokens 24] [--flood-seconds 60]
 
 uses the real default base model (SmolLM2-135M-Instruct) with the shipped adapter when it is installed
 plus a random LoRA (or two random ones), and a copy of indexes/pubmedqa (or the sample docs); nothing
@@ -55,6 +59,8 @@ class LoadResult:
     ingest_calls: int = 0
     elapsed_s: float = 0.0
     mismatches: list[str] = field(default_factory=list)
+    busy: int = 0  # requests answered "busy" (queue full): clean refusals, not errors
+    rss_mb: tuple[float, float] = (0.0, 0.0)  # resident memory at the start and the end
     text_checked: int = 0  # answers whose text was compared with a replay
     check_s: float = 0.0
 
@@ -70,6 +76,7 @@ class LoadResult:
             by_mode.setdefault(r.answer.mode, []).append(r.seconds)
         return {
             "answers": len(self.records), "errors": len(self.errors), "cross_talk": len(self.mismatches),
+            "busy": self.busy, "rss_mb_start_end": self.rss_mb,
             "seconds": round(self.elapsed_s, 1), "throughput_per_s": round(len(self.records) / self.elapsed_s, 2),
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95),
             "per_mode": {m: {"n": len(v), "p50_s": pct(sorted(v), 50), "p95_s": pct(sorted(v), 95)}
@@ -86,7 +93,10 @@ def run_load(engine, adapters: tuple[str, str], seconds: float, clients: int = 8
              ingest_pause_s: float = 0.5, max_replays: int = 60) -> LoadResult:
     """Drive `engine` from `clients` threads for `seconds`; `ingest(i) -> docs added` runs in a loop in
     one more thread meanwhile. Returns the records, errors and the cross-talk check."""
+    from app.scheduler import Busy
+
     result = LoadResult()
+    rss0 = rss_mb()
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
     modes = [(None, False), ("A", False), (None, True), ("A", True)]
@@ -118,6 +128,10 @@ def run_load(engine, adapters: tuple[str, str], seconds: float, clients: int = 8
                 rec = Record(n, question, adapter, retrieval, streamed, time.perf_counter() - t0, answer)
                 with lock:
                     result.records.append(rec)
+            except Busy as exc:
+                with lock:
+                    result.busy += 1
+                time.sleep(min(exc.retry_after, 1.0))
             except Exception as exc:  # noqa: BLE001 - counted, the test asserts there are none
                 with lock:
                     result.errors.append(f"client {n}: {type(exc).__name__}: {exc}")
@@ -146,6 +160,7 @@ def run_load(engine, adapters: tuple[str, str], seconds: float, clients: int = 8
     for t in threads:
         t.join()
     result.elapsed_s = time.perf_counter() - t0
+    result.rss_mb = (rss0, rss_mb())
     t0 = time.perf_counter()
     result.mismatches, result.text_checked = check_cross_talk(engine, result.records, max_new_tokens, max_replays, seed)
     result.check_s = time.perf_counter() - t0
@@ -184,14 +199,24 @@ def check_cross_talk(engine, records: list[Record], max_new_tokens: int | None =
         scored = a.decision is not None and a.decision.source == "scored"
         item = GenItem(messages, first.adapter, max_new_tokens or engine.config.max_new_tokens,
                        a.decision.offsets if scored else None)
-        with engine._lock:
-            want = engine.backend.generate([item])[0][0].text
+        if engine.scheduler is not None:  # alone on the idle engine, through the same decode path
+            want = engine.scheduler.generate([item])[0][0].text
+        else:
+            with engine._lock:
+                want = engine.backend.generate([item])[0][0].text
         for r in groups[key]:
             checked += 1
             if r.answer.text != want:
                 bad.append(f"client {r.client} ({r.adapter}, rag={r.retrieval}) text {r.answer.text[:60]!r} != "
                            f"replay {want[:60]!r}")
     return bad, checked
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def make_ingest(index: Path, folder: Path, texts: list[str]):
@@ -217,8 +242,11 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--seconds", type=float, default=90)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--flood-seconds", type=float, default=60)
+    ap.add_argument("--flood-clients", type=int, default=32)
+    ap.add_argument("--flood-queue", type=int, default=8, help="queue_limit during the flood")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     args = ap.parse_args()
 
@@ -256,19 +284,28 @@ def main() -> int:
         engine = Engine(EngineConfig(adapters_dir=str(root), adapters=tuple(names), index=str(index),
                                      max_new_tokens=args.max_new_tokens))
         engine.answer(QUESTIONS[0], retrieval=True, max_new_tokens=2)  # warm up retrieval and generation
-        print(f"base {info.name}; adapters {names}; baseline: 1 client for {args.seconds / 4:.0f} s")
-        solo = run_load(engine, (names[0], names[1]), args.seconds / 4, 1, max_new_tokens=args.max_new_tokens)
-        print(f"then {args.clients} clients + 1 ingesting for {args.seconds:.0f} s")
-        result = run_load(engine, (names[0], names[1]), args.seconds, args.clients,
-                          ingest=make_ingest(index, tmp / "docs", texts), max_new_tokens=args.max_new_tokens)
-        one, many = solo.summary(), result.summary()
-        print(json.dumps({"one_client": one, "loaded": many}, indent=1))
-        print(f"throughput {args.clients} clients + ingest / 1 client: "
-              f"{many['throughput_per_s'] / max(one['throughput_per_s'], 1e-9):.2f}x; "
-              f"p50 latency ratio {many['p50_s'] / max(one['p50_s'] or 1e-9, 1e-9):.1f}x "
-              f"(one generation at a time: the lock queues requests, it does not race them)")
-        result.errors += solo.errors
-        result.mismatches += solo.mismatches
+        scheduler, pair = engine.scheduler, (names[0], names[1])
+        print(f"base {info.name}; adapters {names}; {args.clients} clients + 1 ingesting, {args.seconds:.0f} s each")
+        engine.scheduler = None  # serialised: one generate() call at a time under the engine's lock
+        serial = run_load(engine, pair, args.seconds, args.clients, ingest=make_ingest(index, tmp / "docs1", texts),
+                          max_new_tokens=args.max_new_tokens)
+        engine.scheduler = scheduler
+        batched = run_load(engine, pair, args.seconds, args.clients, ingest=make_ingest(index, tmp / "docs2", texts),
+                           max_new_tokens=args.max_new_tokens)
+        scheduler.queue_limit = args.flood_queue
+        flood = run_load(engine, pair, args.flood_seconds, args.flood_clients, max_new_tokens=args.max_new_tokens,
+                         max_replays=10)
+        one, many, fl = serial.summary(), batched.summary(), flood.summary()
+        print(json.dumps({"serialised": one, "scheduler": many, "flood": fl, "scheduler_stats": scheduler.stats()},
+                         indent=1))
+        print(f"throughput scheduler / serialised: {many['throughput_per_s'] / max(one['throughput_per_s'], 1e-9):.2f}x;"
+              f" p95 latency {many['p95_s']} s vs {one['p95_s']} s; errors {many['errors']} / {one['errors']}; "
+              f"cross-talk {many['cross_talk']} / {one['cross_talk']}")
+        print(f"{args.flood_clients} clients, queue_limit {args.flood_queue}: {fl['answers']} answers, {fl['busy']} "
+              f"busy, {fl['errors']} errors, RSS {fl['rss_mb_start_end'][0]} -> {fl['rss_mb_start_end'][1]} MB")
+        result = batched
+        result.errors += serial.errors + flood.errors
+        result.mismatches += serial.mismatches + flood.mismatches
         for line in (result.errors + result.mismatches)[:10]:
             print("PROBLEM:", line)
         return 1 if result.errors or result.mismatches else 0

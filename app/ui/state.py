@@ -52,8 +52,12 @@ def engine_or_stop():
 def friendly_errors(action: str) -> Iterator[None]:
     """Show any failure inside the block as one readable st.error line, never a traceback; the traceback
     goes to the "loracle.ui" log (the server's terminal), so the cause is not lost."""
+    from app.scheduler import Busy
+
     try:
         yield
+    except Busy as exc:  # the shared queue is full: not a failure of this request
+        st.warning(f"The engine is busy answering other users. Try again in about {exc.retry_after:.0f} s.")
     except Exception as exc:  # noqa: BLE001
         log.exception("%s failed", action)
         message = str(exc) or type(exc).__name__
