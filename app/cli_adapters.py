@@ -1,4 +1,4 @@
-"""`loracle adapters list|show|remove` and `loracle train`: the adapter registry and what fills it."""
+"""`loracle adapters list|show|remove|export-vllm` and `loracle train`: the adapter registry and what fills it."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--root", default=None, help="registry folder (default: adapters/, env LORACLE_ADAPTERS)")
         q.add_argument("--json", action="store_true", help="JSON output")
         q.set_defaults(func=func)
+    q = asub.add_parser("export-vllm", help="print the `vllm serve` command that serves every current adapter")
+    q.add_argument("--root", default=None, help="registry folder (default: adapters/, env LORACLE_ADAPTERS)")
+    q.add_argument("--base-model", default=None, help="the base model's hub id or folder for vLLM (default: the "
+                   "adapters' base_model_name_or_path, else their card's base model)")
+    q.add_argument("--host", default="127.0.0.1", help="address vLLM will listen on (default 127.0.0.1)")
+    q.add_argument("--port", type=int, default=8000, help="port vLLM will listen on (default 8000)")
+    q.set_defaults(func=_run_export_vllm)
 
     from app.train import add_arguments
 
@@ -83,4 +90,43 @@ def _run_train(args) -> int:
     val = card.val_loss_curve[-1].loss if card.val_loss_curve else nan
     print(f"installed {info.label} at {info.path}\ntrain loss {loss:.3f}, val loss {val:.3f}, "
           f"{card.training_time_s or 0:.0f} s")
+    return 0
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
+
+
+def vllm_commands(root=None, base_model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+    """One `vllm serve` command per base model among the registry's current adapters (normally one)."""
+    import shlex
+    from pathlib import Path
+
+    from app import registry
+
+    groups: dict[str, list[tuple[str, Path, int]]] = {}
+    for a in registry.list_adapters(root):
+        cfg = json.loads((a.path / "adapter_config.json").read_text())
+        base = base_model or cfg.get("base_model_name_or_path") or a.base_model
+        if not base or (not base_model and Path(base).is_absolute() and not Path(base).is_dir()):
+            base = a.base_model  # a trainer's machine path names no model here: the card's name does
+        if not base:
+            raise ValueError(f"adapter {a.name} names no base model; pass --base-model HUB_ID")
+        groups.setdefault(base, []).append((a.name, a.path.resolve(), int(cfg.get("r") or 8)))
+    if not groups:
+        raise FileNotFoundError(f"no adapters in {registry.root_dir(root)}; train one with `loracle train`")
+    out = []
+    for base, items in groups.items():
+        rank = max(r for _, _, r in items)
+        max_rank = next((v for v in VLLM_LORA_RANKS if v >= rank), rank)
+        modules = " ".join(shlex.quote(f"{name}={path}") for name, path, _ in items)
+        out.append(f"vllm serve {shlex.quote(base)} --host {host} --port {port} --enable-lora "
+                   f"--max-lora-rank {max_rank} --max-loras {len(items)} --lora-modules {modules}")
+    return out
+
+
+def _run_export_vllm(args: argparse.Namespace) -> int:
+    for command in vllm_commands(args.root, args.base_model, args.host, args.port):
+        print(command)
+    print(f"# then: loracle ask \"...\" --adapter NAME --backend openai --server-url http://{args.host}:{args.port}/v1"
+          f" (or LORACLE_BACKEND=openai LORACLE_SERVER_URL=http://{args.host}:{args.port}/v1 loracle ui)")
     return 0

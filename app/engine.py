@@ -351,6 +351,20 @@ class Engine:
             yield self._answer(prep, gen, gen.seconds, gen.batch_size)
 
 
+_SHARED: list[Engine] = []
+
+
+def share(engine: Engine) -> Engine:
+    """Make `engine` the process's shared engine (the UI pages use it instead of loading their own):
+    `loracle ui --api` serves the UI and the API from one engine and one scheduler queue."""
+    _SHARED[:] = [engine]
+    return engine
+
+
+def shared() -> Engine | None:
+    return _SHARED[0] if _SHARED else None
+
+
 def _trimmed(deltas) -> Iterator[str]:
     """Deltas whose concatenation equals the final (stripped) text: leading whitespace dropped, trailing
     whitespace held until more text follows."""

@@ -33,9 +33,9 @@ def engine_config():
 
 @st.cache_resource(show_spinner="Loading the model (once per server process)...")
 def get_engine():
-    from app.engine import Engine
+    from app.engine import Engine, shared
 
-    return Engine(engine_config())
+    return shared() or Engine(engine_config())  # `loracle ui --api`: the API's engine, one queue for both
 
 
 def engine_or_stop():

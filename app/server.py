@@ -1,0 +1,587 @@
+"""An OpenAI-compatible HTTP API over one Engine (`loracle serve`): any OpenAI client, curl, or an evaluator
+such as lm-evaluation-harness can ask in all four modes.
+
+Model ids (GET /v1/models lists the servable ones):
+  base                      the base model, no adapter, no retrieval (its name is in each entry's `loracle` field)
+  NAME                      a loaded adapter by registry name (its current version); NAME@vN a pinned version
+  MODEL+rag                 MODEL with retrieval over its default index (the adapter card's, else the engine's)
+  MODEL+rag:INDEX           MODEL with retrieval over the index INDEX (one of `loracle index list`)
+Only adapters the engine loaded at start are served (`loracle serve --adapters a,b`).
+
+Routes:
+  GET  /v1/models, /v1/models/{id}
+  POST /v1/chat/completions  stream true/false. The question is the last message (a user message: a string or
+       text parts); earlier user/assistant pairs become few-shot examples (Request.examples) before it;
+       system messages are ignored (the prompt template has its own). Decoding is greedy: temperature,
+       top_p, seed, stop are accepted and ignored. Extension request fields (top level, e.g. the openai
+       client's `extra_body`): k, index, decide, passage_chars. The response (and the last streamed chunk)
+       carries a `loracle` field: mode, adapter, decision {label, probs, source, calibration}, citations
+       [{number, valid, doc_id, location}], passages [{rank, doc_id, score, location, text}], settings, timings.
+  POST /v1/completions  raw prompts (no chat template), for log-likelihood scoring: prompt (string, strings,
+       token ids or lists of token ids), max_tokens (0 allowed: score only; default 16), logprobs (top-N,
+       at most 20), echo, stop. Not for +rag models (a raw prompt has no question to retrieve for).
+  GET  /health  status, base model, adapters, and the scheduler's queue figures when the engine has them.
+
+Errors always have OpenAI's shape {"error": {message, type, param, code}}: 400 bad input, 401 missing or wrong
+key (when started with an API key, for /v1/*), 404 unknown model or route, 413 body too large, 503 busy
+(with Retry-After), 500 anything else (one line).
+"""
+from __future__ import annotations
+
+import hmac
+import inspect
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import loglik
+from app.scheduler import Busy
+
+DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_MAX_TOKENS_LIMIT = 512
+MAX_LOGPROBS = 20
+MAX_PROMPTS = 64
+_END = object()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=exc.headers)
+
+
+def _engine_error(exc: BaseException) -> ApiError:
+    """The API error for an exception raised by the engine or the scoring code."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, Busy):
+        wait = max(1, int(round(getattr(exc, "retry_after", 1) or 1)))
+        return ApiError(503, f"{message}; retry after {wait} s", "server_busy", code="busy",
+                        headers={"Retry-After": str(wait)})
+    if isinstance(exc, FileNotFoundError):
+        return ApiError(404, message, "not_found_error")
+    if isinstance(exc, ValueError):
+        return ApiError(400, message)
+    return ApiError(500, f"internal error: {type(exc).__name__}: {message}", "server_error")
+
+
+# --- model ids -----------------------------------------------------------------------------------------
+def parse_model(model_id: str) -> tuple[str | None, bool, str | None]:
+    """"base" / "NAME" / "NAME@vN", optionally "+rag" or "+rag:INDEX" -> (adapter or None, retrieval, index).
+
+        parse_model("medical-pubmedqa+rag") == ("medical-pubmedqa", True, None)
+        parse_model("base+rag:pubmedqa") == (None, True, "pubmedqa")
+    """
+    head, plus, tail = (model_id or "").strip().partition("+")
+    retrieval, index = False, None
+    if plus:
+        kind, colon, index = tail.partition(":")
+        if kind != "rag" or (colon and not index):
+            raise ValueError(f"model '{model_id}' is not a model id: write MODEL, MODEL+rag or MODEL+rag:INDEX "
+                             f"(see GET /v1/models)")
+        retrieval, index = True, (index or None)
+    if not head:
+        raise ValueError(f"model '{model_id}' names no model: use 'base' or an adapter name (see GET /v1/models)")
+    return (None if head == "base" else head), retrieval, index
+
+
+@dataclass
+class Target:
+    model: str  # the id as the client wrote it
+    adapter: str | None  # what the engine is asked for: "NAME" or "NAME@vN"
+    key: str | None  # the backend's name of that adapter
+    retrieval: bool
+    index: str | None
+
+
+def served_adapters(engine) -> dict[str, str]:
+    """Model id -> backend key for each loaded adapter: NAME and NAME@vN for a current version, NAME@vN only
+    for a pinned older one."""
+    out: dict[str, str] = {}
+    for key in engine.loaded_adapters():
+        ref = engine.adapter_ref(key)
+        if key == ref.name:
+            out[ref.name] = key
+        out[ref.label] = key
+    return out
+
+
+def _index_exists(name: str) -> bool:
+    from ingest.folders import index_path
+
+    try:
+        return (index_path(name) / "manifest.json").is_file()
+    except ValueError:
+        return False
+
+
+def available_indexes(engine) -> list[str]:
+    """Indexes a request may name: those in the index store, plus the engine's default one."""
+    from ingest.folders import list_indexes
+
+    try:
+        names = list(list_indexes())
+    except OSError:
+        names = []
+    default = str(engine.config.index)
+    return names + ([default] if default not in names and _index_exists(default) else [])
+
+
+def _default_index(engine, key: str | None) -> str:
+    settings = engine._adapters[key].settings if key and key in getattr(engine, "_adapters", {}) else {}
+    return str(settings.get("index") or engine.config.index)
+
+
+def list_models(engine, created: int = 0) -> list[dict]:
+    """The /v1/models entries: base and each served adapter, each alone, +rag and +rag:INDEX per index."""
+    indexes = available_indexes(engine)
+    entries = [("base", None, None)] + [(mid, key, engine.adapter_ref(key).label)
+                                       for mid, key in served_adapters(engine).items()
+                                       if "@" not in mid or key != mid.partition("@")[0]]
+    out = []
+    for mid, key, label in entries:
+        info = {"base_model": engine.info.name, "adapter": label}
+        out.append({"id": mid, "object": "model", "created": created, "owned_by": "loracle",
+                    "loracle": {**info, "retrieval": False, "index": None}})
+        default = _default_index(engine, key)
+        if _index_exists(default):
+            out.append({"id": f"{mid}+rag", "object": "model", "created": created, "owned_by": "loracle",
+                        "loracle": {**info, "retrieval": True, "index": default}})
+        for ix in indexes:
+            out.append({"id": f"{mid}+rag:{ix}", "object": "model", "created": created, "owned_by": "loracle",
+                        "loracle": {**info, "retrieval": True, "index": ix}})
+    return out
+
+
+def resolve_model(engine, model_id: str, index: str | None = None) -> Target:
+    """Check a model id (and an extension `index`) against what this engine serves."""
+    def not_found(message: str) -> ApiError:
+        return ApiError(404, message, "invalid_request_error", "model", "model_not_found")
+
+    try:
+        adapter, retrieval, in_id = parse_model(model_id)
+    except ValueError as exc:
+        raise not_found(str(exc)) from None
+    if adapter == engine.info.name:  # the base model's own name is an alias of "base"
+        adapter = None
+    served = served_adapters(engine)
+    if adapter is not None and adapter not in served:
+        known = ", ".join(["base", *served]) or "base"
+        raise not_found(f"model '{model_id}': no adapter '{adapter}' is loaded on this server (serving: {known}); "
+                        f"pick one from GET /v1/models or restart with `loracle serve --adapters {adapter}`")
+    if in_id and index and in_id != index:
+        raise ApiError(400, f"model '{model_id}' names index '{in_id}' but the request's index is '{index}': "
+                       f"give one of them", param="index")
+    wanted = in_id or index
+    if wanted and not retrieval:
+        raise ApiError(400, f"index '{wanted}' applies only to retrieval models: use model '{model_id}+rag'",
+                       param="index")
+    if wanted and wanted not in available_indexes(engine):
+        which = "model" if in_id else "index"
+        raise ApiError(404, f"no index '{wanted}' on this server (indexes: "
+                       f"{', '.join(available_indexes(engine)) or 'none'}); build it with `loracle ingest "
+                       f"FILES --index {wanted}`", "invalid_request_error", which,
+                       "model_not_found" if in_id else "index_not_found")
+    key = served[adapter] if adapter else None
+    return Target(model_id, adapter, key, retrieval, wanted)
+
+
+# --- request bodies ----------------------------------------------------------------------------------
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=1)
+    k: int | None = Field(None, ge=1, le=50)
+    index: str | None = None
+    decide: bool | None = None
+    passage_chars: int | None = Field(None, ge=1, le=100_000)
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+
+
+def _text(content, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ApiError(400, f"{where}: only text content parts are supported (got type "
+                           f"'{part.get('type')}'); send {{'type': 'text', 'text': ...}}", param="messages")
+        parts.append(part["text"])
+    return "\n".join(parts)
+
+
+def question_and_examples(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
+    """The last message is the question; earlier (user, assistant) pairs are few-shot examples."""
+    last = messages[-1]
+    if last.role != "user":
+        raise ApiError(400, f"the last message must be the user's question (got role '{last.role}')",
+                       param="messages")
+    question = _text(last.content, "the last message").strip()
+    if not question:
+        raise ApiError(400, "the last user message is empty: put the question in it", param="messages")
+    turns = [(m.role, _text(m.content, f"message {i}")) for i, m in enumerate(messages[:-1]) if m.role != "system"]
+    examples = [(q, a) for (r1, q), (r2, a) in zip(turns, turns[1:]) if r1 == "user" and r2 == "assistant"]
+    return question, examples
+
+
+def _max_tokens(asked: int | None, default: int, limit: int, name: str = "max_tokens") -> int:
+    if asked is None:
+        return min(default, limit)
+    if asked > limit:
+        raise ApiError(400, f"{name} {asked} is over this server's limit of {limit}: ask for at most {limit} "
+                       f"(the limit is `loracle serve --max-tokens-limit`)", param=name)
+    return asked
+
+
+# --- responses ---------------------------------------------------------------------------------------
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def loracle_extension(answer) -> dict:
+    d = answer.decision
+    return _jsonable({
+        "mode": answer.mode, "adapter": answer.adapter,
+        "decision": None if d is None else {"label": d.label, "probs": d.probs, "source": d.source,
+                                            "calibration": d.calibration},
+        "citations": [{"number": c.number, "valid": c.valid, "doc_id": c.passage.doc_id if c.passage else None,
+                       "location": c.passage.location if c.passage else None} for c in answer.citations],
+        "passages": [{"rank": p.rank, "doc_id": p.doc_id, "score": float(p.score), "location": p.location,
+                      "text": p.chunk.text} for p in answer.passages],
+        "settings": answer.settings, "timings": answer.timings})
+
+
+def _usage(answer) -> dict:
+    prompt, new = int(answer.timings.get("prompt_tokens", 0) or 0), int(answer.timings.get("new_tokens", 0) or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new}
+
+
+def _finish_reason(answer, max_new: int) -> str:
+    return "length" if int(answer.timings.get("new_tokens", 0) or 0) >= max_new else "stop"
+
+
+def _next(gen):
+    try:
+        return next(gen)
+    except StopIteration:
+        return _END
+
+
+def _cancel_kwargs(engine, cancel: threading.Event) -> dict:
+    try:
+        params = inspect.signature(engine.stream).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"cancel": cancel} if "cancel" in params else {}
+
+
+async def _engine_call(func, *args, **kwargs):
+    try:
+        return await run_in_threadpool(func, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - mapped to the API's error shape
+        raise _engine_error(exc) from exc
+
+
+# --- the guard: key and body size, before any route ------------------------------------------------------
+class _Guard:
+    """ASGI middleware: the API key for /v1 routes, then the body-size limit (Content-Length and the bytes
+    really sent); the body is read once here and handed on."""
+
+    def __init__(self, app, api_key: str | None, max_body: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+
+    async def _reject(self, send, exc: ApiError) -> None:
+        body = json.dumps(error_body(exc.message, exc.type, exc.param, exc.code)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _too_large(self, size: str) -> ApiError:
+        return ApiError(413, f"request body of {size} is over this server's limit of {self.max_body} bytes: "
+                        f"send less (fewer or shorter messages/prompts) or restart with --max-body-bytes",
+                        code="request_too_large")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.api_key and scope["path"].startswith("/v1"):
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                return await self._reject(send, ApiError(
+                    401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key this "
+                    "server was started with (--api-key or LORACLE_API_KEY)", "authentication_error",
+                    code="invalid_api_key"))
+        declared = headers.get(b"content-length")
+        try:
+            declared_n = int(declared) if declared is not None else None
+        except ValueError:
+            return await self._reject(send, ApiError(400, f"Content-Length {declared!r} is not a number"))
+        if declared_n is not None and declared_n > 16 * self.max_body:  # not worth reading: answer at once
+            return await self._reject(send, self._too_large(f"{declared_n} bytes"))
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size <= self.max_body:
+                chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if size > 16 * self.max_body:
+                break
+        if size > self.max_body:  # read (up to a bound) before answering, so the client sees the 413
+            return await self._reject(send, self._too_large(f"{size}+ bytes" if more else f"{size} bytes"))
+        body, delivered = b"".join(chunks), False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# --- the app -----------------------------------------------------------------------------------------
+def make_app(engine, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+             max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> FastAPI:
+    """The FastAPI app serving `engine`; run it with uvicorn (`loracle serve` does)."""
+    app = FastAPI(title="Loracle", summary="OpenAI-compatible API: base model, LoRA adapters, retrieval",
+                  version="1")
+    app.state.engine = engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        problems, param = [], None
+        for e in exc.errors():
+            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+            if e.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({e.get('msg')} at character {loc[0] if loc else 0})")
+                continue
+            if not loc:
+                problems.append("the body must be a JSON object, sent with the header 'Content-Type: "
+                                "application/json'")
+                continue
+            param = param or loc[0]
+            problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
+        return _error_response(ApiError(400, "invalid request: " + "; ".join(problems[:5]) +
+                                        " (see the OpenAI API reference and README 'HTTP API')", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return _error_response(ApiError(404, f"no route {request.method} {request.url.path}: the API has "
+                                            f"/v1/models, /v1/chat/completions, /v1/completions, /health",
+                                            "not_found_error", code="not_found"))
+        return _error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                        "invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def _crash(request, exc: Exception):
+        return _error_response(_engine_error(exc))
+
+    _add_routes(app, engine, max_tokens_limit, created=int(time.time()))
+    app.add_middleware(_Guard, api_key=api_key or None, max_body=max_body_bytes)
+    return app
+
+
+# --- routes ------------------------------------------------------------------------------------------
+def _queue_stats(engine):
+    stats = getattr(getattr(engine, "scheduler", None), "stats", None)
+    if not callable(stats):
+        return None
+    try:
+        return _jsonable(stats())
+    except Exception:  # noqa: BLE001 - health must answer even when the figures cannot be read
+        return None
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        items = [prompt]
+    elif prompt and all(isinstance(t, int) for t in prompt):
+        items = [list(prompt)]
+    else:
+        items = list(prompt)
+    if not items:
+        raise ApiError(400, "prompt is an empty list: give a string, strings, or token ids", param="prompt")
+    if len(items) > MAX_PROMPTS:
+        raise ApiError(400, f"{len(items)} prompts in one request is over the limit of {MAX_PROMPTS}: split them "
+                       f"over several requests", param="prompt")
+    return items
+
+
+async def _chat_events(gen, first, cancel: threading.Event, request: Request, head: dict, max_new: int,
+                       include_usage: bool):
+    """SSE data lines: a role chunk, content chunks, a last chunk with finish_reason and the `loracle` field,
+    an optional usage chunk, then [DONE]. When the client goes away, `cancel` stops the engine's row."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        return json.dumps({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                "finish_reason": finish}], **extra})
+
+    item, sent, answer, done = first, "", None, False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while item is not _END:
+            if isinstance(item, str):
+                if item:
+                    sent += item
+                    yield chunk({"content": item})
+            else:
+                answer = item
+            if await request.is_disconnected():
+                return
+            item = await _engine_call(_next, gen)
+        if answer is None:
+            raise ApiError(500, "the engine's stream ended without a final answer", "server_error")
+        if len(answer.text) > len(sent) and answer.text.startswith(sent):  # keep the streamed text == the answer
+            yield chunk({"content": answer.text[len(sent):]})
+        yield chunk({}, _finish_reason(answer, max_new), loracle=loracle_extension(answer))
+        if include_usage:
+            yield json.dumps({**head, "choices": [], "usage": _usage(answer)})
+        done = True
+        yield "[DONE]"
+    except ApiError as exc:
+        done = True
+        yield json.dumps(error_body(exc.message, exc.type, exc.param, exc.code))
+    finally:
+        if not done:
+            cancel.set()
+        close = getattr(gen, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(close)
+
+
+def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
+    from sse_starlette import EventSourceResponse
+
+    @app.get("/health")
+    async def health():
+        out = {"status": "ok", "model": engine.info.name,
+               "adapters": [engine.adapter_ref(k).label for k in engine.loaded_adapters()]}
+        queue = _queue_stats(engine)
+        return {**out, "queue": queue} if queue is not None else out
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": await run_in_threadpool(list_models, engine, created)}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        for entry in await run_in_threadpool(list_models, engine, created):
+            if entry["id"] == model_id:
+                return entry
+        resolve_model(engine, model_id)  # the precise 404 when it says why
+        raise ApiError(404, f"model '{model_id}' is not listed by GET /v1/models", param="model",
+                       code="model_not_found")
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        target = resolve_model(engine, body.model, body.index)
+        question, examples = question_and_examples(body.messages)
+        name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        max_new = _max_tokens(body.max_completion_tokens or body.max_tokens, engine.config.max_new_tokens, limit,
+                              name)
+        options = {k: v for k, v in dict(k=body.k, index=target.index, decide=body.decide, examples=examples or None,
+                                         passage_chars=body.passage_chars, max_new_tokens=max_new).items()
+                   if v is not None}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+        if not body.stream:
+            answer = await _engine_call(engine.answer, question, target.adapter, target.retrieval, **options)
+            return {**head, "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                                 "logprobs": None, "finish_reason": _finish_reason(answer, max_new)}],
+                    "usage": _usage(answer), "loracle": loracle_extension(answer)}
+        cancel = threading.Event()
+        kwargs = {**options, **_cancel_kwargs(engine, cancel)}
+        gen = await _engine_call(lambda: iter(engine.stream(question, target.adapter, target.retrieval, **kwargs)))
+        try:  # the first item before the response starts: a busy queue or a bad request is a plain HTTP error
+            first = await _engine_call(_next, gen)
+        except BaseException:
+            cancel.set()
+            if hasattr(gen, "close"):
+                await run_in_threadpool(gen.close)
+            raise
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        events = _chat_events(gen, first, cancel, request, {**head, "object": "chat.completion.chunk"}, max_new,
+                              include_usage)
+        return EventSourceResponse(events, ping=15)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        target = resolve_model(engine, body.model)
+        if target.retrieval:
+            plain = body.model.partition("+")[0]
+            raise ApiError(400, f"model '{body.model}' retrieves passages for a question, and a raw prompt has "
+                           f"none: use model '{plain}' here, or /v1/chat/completions for retrieval", param="model")
+        if body.stream:
+            raise ApiError(400, "stream is not supported on /v1/completions: send stream=false (or use "
+                           "/v1/chat/completions to stream)", param="stream")
+        prompts = _prompts(body.prompt)
+        max_tokens = _max_tokens(body.max_tokens, 16, limit)
+        stop = tuple([body.stop] if isinstance(body.stop, str) else body.stop or ())
+        if len(stop) > 4:
+            raise ApiError(400, f"{len(stop)} stop strings is over the limit of 4", param="stop")
+        choices, prompt_n, new_n = [], 0, 0
+        for i, prompt in enumerate(prompts):
+            s = await _engine_call(loglik.complete, engine, prompt, target.key, top=body.logprobs or 0,
+                                   max_tokens=max_tokens, stop=stop)
+            logprobs = loglik.openai_logprobs(engine.tokenizer, s, body.echo) if body.logprobs is not None else None
+            choices.append({"index": i, "text": (s.prompt_text if body.echo else "") + s.text, "logprobs": logprobs,
+                            "finish_reason": s.finish_reason})
+            prompt_n, new_n = prompt_n + s.n_prompt, new_n + len(s.ids) - s.n_prompt
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": body.model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_n, "completion_tokens": new_n, "total_tokens": prompt_n + new_n}}

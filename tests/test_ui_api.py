@@ -1,0 +1,84 @@
+"""`loracle ui --api`: the UI and the OpenAI-compatible API in one process share one engine and one scheduler
+queue. An answer asked in Chromium on the Ask page shows up in the API's /health queue counters, and an API
+chat request is served by the same scheduler."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.ui_setup import CHROMIUM, CHROMIUM_ARGS, build_ui_home, free_port, sample_index_or_none, wait_idle
+
+
+def _get(url: str, timeout: float = 2.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body = r.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else {"status": r.status}
+
+
+@pytest.fixture(scope="module")
+def both(tiny_model_dir, tmp_path_factory, request):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); the browser test needs it")
+    root = tmp_path_factory.mktemp("ui-api")
+    env = build_ui_home(tiny_model_dir, root, sample_index_or_none(request))
+    ui_port, api_port = free_port(), free_port()
+    log = open(root / "ui-api.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "ui", "--no-build", "--port", str(ui_port), "--api",
+                             "--api-port", str(api_port)], env={**os.environ, **env}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    ui, api = f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, (root / "ui-api.log").read_text()[-2000:]
+            try:
+                _get(f"{ui}/_stcore/health")
+                _get(f"{api}/health")
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise TimeoutError((root / "ui-api.log").read_text()[-2000:])
+        yield ui, api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_ui_and_api_share_one_scheduler(both):
+    from openai import OpenAI
+    from playwright.sync_api import sync_playwright
+
+    ui, api = both
+    served = lambda: _get(f"{api}/health")["queue"]["served"]  # noqa: E731
+    before = served()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(f"{ui}/Ask")
+            wait_idle(page)
+            page.get_by_label("Question").fill("Is vitamin D useful for preventing falls in the elderly?")
+            page.get_by_role("button", name="Ask").click()
+            page.get_by_text("Passages (").wait_for(timeout=120_000)
+            wait_idle(page)
+        finally:
+            browser.close()
+    after_ui = served()
+    assert after_ui == before + 1  # the UI's answer went through the API process's scheduler
+    client = OpenAI(base_url=f"{api}/v1", api_key="unused")
+    reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Is X safe?"}],
+                                           max_tokens=4)
+    assert reply.choices[0].message.content is not None
+    assert served() == after_ui + 1
