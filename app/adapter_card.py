@@ -139,7 +139,8 @@ def render_readme(card: AdapterCard | dict) -> str:
              f"- Base model: `{base.name or '?'}` (sha256 `{base.sha256[:16]}`)",
              f"- Training data: `{data.get('path', '?')}` (sha256 `{str(data.get('sha256', ''))[:16]}`)",
              f"- Created: {card.created or '?'}",
-             f"- Parent: {parent.get('name')}@v{parent.get('version')}" if parent else "- Parent: none",
+             (f"- Parent: {parent.get('name')}@v{parent.get('version')}"
+              + (" (rolled back to it: same files)" if parent.get("rollback") else "")) if parent else "- Parent: none",
              "", "## Reproduce", "", "```", card.reproduce or "(not recorded)", "```", "",
              "## Hyperparameters", ""]
     lines += [f"- {k}: {v}" for k, v in card.hyperparameters.items()] or ["(not recorded)"]
@@ -159,6 +160,12 @@ def render_readme(card: AdapterCard | dict) -> str:
         lines += ["", "## Training settings tried (not shipped unless named above)", "",
                   "| setting | figures |", "|---|---|"]
         lines += [f"| {e.get('setting', '?')} | {e.get('figures', '')} |" for e in experiments if isinstance(e, dict)]
+    probe = card.extra.get("bias_probe") if isinstance(card.extra, dict) else None
+    if isinstance(probe, dict) and isinstance(probe.get("modes"), dict):
+        lines += ["", f"## Counterfactual bias probe (v{probe.get('version', '?')}, {probe.get('pairs', '?')} pairs)", "",
+                  "Share of question pairs, differing only in the patient group (sex, age, ethnicity), whose "
+                  "yes/no/maybe decision differs (`loracle ops bias-probe`):", ""]
+        lines += [f"- {mode}: {r.get('flip_rate')}" for mode, r in probe["modes"].items() if isinstance(r, dict)]
     lines += ["", "## Evaluation (per version, per mode)", ""]
     if not card.evals:
         lines.append("(no evaluation recorded yet; run `loracle eval`)")

@@ -56,7 +56,7 @@ def fit(engine, items, modes: Sequence[str], adapter=None, data: str | None = No
     table: dict = {}
     for mode in modes:
         reqs = [Request(it.question, adapter if mode.startswith("lora") else None, mode.endswith("rag"),
-                        max_new_tokens=1, decide=True, scored=True, calibrate=False) for it in labelled]
+                        max_new_tokens=1, decide=True, scored=True, calibrate=False, origin="eval") for it in labelled]
         answers = []
         for lo in range(0, len(reqs), 4):
             answers += engine.answer_batch(reqs[lo:lo + 4])

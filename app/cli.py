@@ -13,7 +13,7 @@ import sys
 import traceback
 
 import ingest.config  # noqa: F401  the one place that sets the offline environment (before any HF import)
-from app import cli_adapters, cli_answer, cli_eval, cli_ingest, cli_serve, cli_ui
+from app import cli_adapters, cli_answer, cli_eval, cli_ingest, cli_ops, cli_serve, cli_ui
 
 # errors whose message already says what went wrong and what to do; any other kind is named too
 _USER_ERRORS = (ValueError, OSError, RuntimeError)
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loracle", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
-    for verbs in (cli_ingest, cli_answer, cli_adapters, cli_eval, cli_ui, cli_serve):
+    for verbs in (cli_ingest, cli_answer, cli_adapters, cli_eval, cli_ui, cli_serve, cli_ops):
         verbs.register(sub)
     return parser
 

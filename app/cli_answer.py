@@ -6,6 +6,8 @@ import json
 
 from app.config import DEFAULT_ADAPTER, DEFAULT_INDEX, EngineConfig
 
+AUTO = "auto"  # app.engine.AUTO (not imported here: `loracle --help` stays free of torch)
+
 
 ENGINE_SKIP = ("adapters", "default_adapter", "k", "index", "passage_chars")  # per request, not per engine
 
@@ -14,7 +16,7 @@ def _common_arguments(p: argparse.ArgumentParser, rag_flag: bool) -> None:
     from app.cliconfig import add_arguments
 
     p.add_argument("question", help="the question, in quotes")
-    p.add_argument("--adapter", default=None, help="adapter NAME, NAME@vN or folder"
+    p.add_argument("--adapter", default=None, help="adapter NAME, NAME@vN, folder, or 'auto' (routed per question)"
                    + ("" if rag_flag else f" (default: {DEFAULT_ADAPTER})"))
     if rag_flag:
         p.add_argument("--rag", action="store_true", help="retrieve passages and cite them")
@@ -48,7 +50,7 @@ def _engine_from(args, adapters: tuple[str, ...]):
 
 
 def _request_options(args) -> dict:
-    return dict(k=args.k, index=args.index, passage_chars=args.passage_chars, decide=args.decide)
+    return dict(k=args.k, index=args.index, passage_chars=args.passage_chars, decide=args.decide, origin="cli")
 
 
 def _answer_json(answer) -> dict:
@@ -63,6 +65,10 @@ def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
     t = answer.timings
     if header:
         print(f"== {header} ==")
+    if answer.route:
+        print(f"routed to: {answer.route['adapter'] or 'no adapter (out of scope)'} (score {answer.route['score']:.2f})")
+    for note in answer.notes:
+        print(f"note: {note}")
     d = answer.decision
     if d is not None:
         probs = " · ".join(f"{o} {p * 100:.0f}%" for o, p in d.probs.items()) if d.probs else "read from the text"
@@ -81,7 +87,7 @@ def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
 
 
 def _run_ask(args: argparse.Namespace) -> int:
-    engine = _engine_from(args, (args.adapter,) if args.adapter else ())
+    engine = _engine_from(args, (args.adapter,) if args.adapter and args.adapter != AUTO else ())
     kw = dict(adapter=args.adapter, retrieval=args.rag, **_request_options(args))
     if args.stream and not args.json:
         for item in engine.stream(args.question, **kw):
@@ -100,7 +106,7 @@ def _run_ask(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    engine = _engine_from(args, (args.adapter or DEFAULT_ADAPTER,))
+    engine = _engine_from(args, () if args.adapter == AUTO else (args.adapter or DEFAULT_ADAPTER,))
     answers = engine.compare(args.question, adapter=args.adapter, **_request_options(args))
     if args.json:
         print(json.dumps({m: _answer_json(a) for m, a in answers.items()}, indent=2, default=str))

@@ -69,6 +69,14 @@ class EngineConfig:
     max_batch: int = _help("rows decoded together by the scheduler", "LORACLE_MAX_BATCH", default=8)
     queue_limit: int = _help("requests allowed to wait for a row; more are answered 'busy'", "LORACLE_QUEUE_LIMIT",
                              default=32)
+    audit: bool = _help("record every answer in the audit log (app.audit; $LORACLE_AUDIT names its file)",
+                        default=True)
+    audit_hash_questions: bool = _help("store questions in the audit log as SHA-256 hashes, not clear text",
+                                       default=False)
+    audit_retention: int = _help("answers kept in the audit log; the oldest are dropped beyond it",
+                                 "LORACLE_AUDIT_RETENTION", default=100_000)
+    route_threshold: float | None = _help("adapter='auto': the least routing score for an adapter to be chosen "
+                                          "(default: app.routing's measured threshold)", default=None)
 
     def adapters_root(self) -> Path:
         return Path(self.adapters_dir) if self.adapters_dir else adapters_dir()

@@ -12,6 +12,7 @@ adapter choice is made per row inside the model call, so threads never see each 
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import re
 import threading
@@ -25,6 +26,13 @@ from app.config import EngineConfig
 from app.decision import calls_for_decision, decide
 from app.types import MODES, AdapterRef, Answer, Passage, mode_of
 from ingest.safety import clean_question
+
+AUTO = "auto"  # Request.adapter: route each question to the closest adapter (app.routing), or to none
+_log = logging.getLogger("loracle.engine")
+
+
+class AdapterLoadError(RuntimeError):
+    """A registered adapter whose weights cannot be loaded; requests for it fall back to the base model."""
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Request:
     calibrate: bool | None = None  # apply stored calibration offsets; None: config
     passage_chars: int | None = None
     examples: list[tuple[str, str]] | None = None  # few-shot (question, answer) turns put before the question
+    origin: str | None = None  # "ui", "cli", "api" or "eval": the entry point the audit log records
 
 
 @dataclass
@@ -63,6 +72,8 @@ class _Prepared:
     decide: bool = False
     offsets: dict | None = None  # None: free generation; {} scored without offsets
     calibration: str | None = None
+    route: object = None  # app.routing.Route when the request asked for adapter="auto"
+    notes: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -87,6 +98,11 @@ class Engine:
             self.scheduler = Scheduler(self.backend, self._lock, self.config.max_batch, self.config.queue_limit)
         self._adapters: dict[str, _Loaded] = {}
         self.warnings: list[str] = []
+        from app.audit import AuditLog
+
+        self.audit = AuditLog(retention=self.config.audit_retention, hash_questions=self.config.audit_hash_questions,
+                              enabled=self.config.audit)
+        self._router = None
         self.base_calibration = calibration.load_base(self.root, self.info.name)
         wanted = self.config.adapters
         if wanted is None:
@@ -156,7 +172,10 @@ class Engine:
             registry.check_compatible(info, self.info.name)
             if getattr(self.backend, "base_model", None) is not None:  # local weights: check shapes before PEFT
                 registry.check_shapes(info, self.backend.base_model, self.info.name)
-            self.backend.load_adapter(ref.key, info.path, replace=have is not None)
+            try:
+                self.backend.load_adapter(ref.key, info.path, replace=have is not None)
+            except Exception as exc:  # noqa: BLE001 - unreadable weights: a failing adapter, named
+                raise AdapterLoadError(f"adapter {ref.label} could not be loaded from {info.path}: {exc}") from exc
             self._adapters[ref.key] = _Loaded(ref, dict(info.card.answer_settings or {}),
                                               dict(info.card.calibration or {}))
         return ref
@@ -168,10 +187,36 @@ class Engine:
     def adapter_ref(self, key: str) -> AdapterRef:
         return self._adapters[key].ref
 
-    def _adapter_for(self, adapter: str | AdapterRef | None) -> _Loaded | None:
+    def _adapter_for(self, adapter: str | AdapterRef | None) -> tuple[_Loaded | None, str | None]:
+        """The loaded adapter, or (None, why) when an operator disabled it or its weights fail to load: the
+        request then falls back to the base model and the answer says so."""
         if not adapter:
-            return None
-        return self._adapters[self.load_adapter(adapter).key]  # cheap when loaded at the current version
+            return None, None
+        name = adapter.name if isinstance(adapter, AdapterRef) else str(adapter).partition("@")[0]
+        if "/" not in name and registry.is_disabled(name, self.root):
+            return None, f"adapter {name} is disabled: answered by the base model"
+        try:
+            return self._adapters[self.load_adapter(adapter).key], None  # cheap when loaded at the current version
+        except AdapterLoadError as exc:
+            return None, f"{exc}: answered by the base model"
+
+    def router(self):
+        """The adapter router for adapter="auto" (app.routing.Router over the registry), built on first use;
+        `reload_router()` after installing adapters or routing summaries."""
+        if self._router is None:
+            from app.routing import Router
+
+            self._router = Router(self.root, self.config.route_threshold)
+        return self._router
+
+    def reload_router(self) -> None:
+        self._router = None
+
+    def _routes(self, requests: list[Request]) -> dict[int, object]:
+        auto = [i for i, r in enumerate(requests) if r.adapter == AUTO]
+        if not auto:
+            return {}
+        return dict(zip(auto, self.router().route([requests[i].question for i in auto])))
 
     # --- settings, prompts and retrieval --------------------------------------------------------
     def _settings(self, r: Request, adapter: _Loaded | None) -> dict:
@@ -222,11 +267,14 @@ class Engine:
 
     def _prepare(self, requests: list[Request]) -> list[_Prepared]:
         preps = []
-        for r in requests:
-            r = replace(r, question=clean_question(r.question))  # length limit, control characters
-            adapter = self._adapter_for(r.adapter)
+        requests = [replace(r, question=clean_question(r.question)) for r in requests]  # length, control chars
+        routes = self._routes(requests)
+        for i, r in enumerate(requests):
+            if i in routes:  # adapter="auto": the closest adapter, or none (base model) when none is close
+                r = replace(r, adapter=routes[i].adapter)
+            adapter, note = self._adapter_for(r.adapter)
             p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or self.config.max_new_tokens,
-                          settings=self._settings(r, adapter))
+                          settings=self._settings(r, adapter), route=routes.get(i), notes=[note] if note else [])
             self._decision_plan(p)
             preps.append(p)
         self._retrieve(preps)
@@ -255,10 +303,24 @@ class Engine:
         timings = {"retrieval_s": round(p.retrieval_s, 4), "prompt_tokens": gen.prompt_tokens,
                    "generation_s": round(seconds, 4), "new_tokens": gen.new_tokens,
                    "tokens_per_s": round(gen.new_tokens / seconds, 2) if seconds > 0 else 0.0, "batch_size": batch}
-        return Answer(text=gen.text, mode=mode_of(p.adapter.ref.key if p.adapter else None, bool(p.passages)),
-                      adapter=p.adapter.ref.label if p.adapter else None, passages=p.passages,
-                      citations=prompts.parse_citations(gen.text, p.passages), timings=timings,
-                      question=p.request.question, decision=self._decision(p, gen), settings=p.settings)
+        route = {"adapter": p.route.adapter, "score": round(float(p.route.score), 4)} if p.route else None
+        answer = Answer(text=gen.text, mode=mode_of(p.adapter.ref.key if p.adapter else None, bool(p.passages)),
+                        adapter=p.adapter.ref.label if p.adapter else None, passages=p.passages,
+                        citations=prompts.parse_citations(gen.text, p.passages), timings=timings,
+                        question=p.request.question, decision=self._decision(p, gen), settings=p.settings,
+                        route=route, notes=list(p.notes))
+        self._record(p, answer)
+        return answer
+
+    def _record(self, p: _Prepared, answer: Answer) -> None:
+        """Audit log row; a failing log never fails the answer (the failure is logged and kept in warnings)."""
+        if not self.audit.enabled:
+            return
+        try:
+            latency = answer.timings["retrieval_s"] + answer.timings["generation_s"]
+            answer.answer_id = self.audit.record(answer, p.request.origin or "api", latency, route=answer.route)
+        except Exception as exc:  # noqa: BLE001
+            _log.warning("audit log write failed: %s", exc)
 
     @staticmethod
     def _decision(p: _Prepared, gen):

@@ -123,7 +123,7 @@ class _Plan:
         return Request(item.question, adapter=self.adapter if mode.startswith("lora") else None,
                        retrieval=mode.endswith("rag"), k=self.k, index=self.index, passage_chars=self.passage_chars,
                        decide=True if item.final_decision else None, scored=scored, calibrate=self.calibrate,
-                       examples=self.shots if mode == FEWSHOT else None)
+                       examples=self.shots if mode == FEWSHOT else None, origin="eval")
 
 
 def _run_batch(engine, plan: _Plan, pairs, split_by_retrieval: bool, max_new_tokens, scored: bool) -> dict:

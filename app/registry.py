@@ -12,6 +12,7 @@ and written from it.
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import os
@@ -27,13 +28,15 @@ from app.adapter_card import SCHEMA_VERSION, AdapterCard, BaseModelRef, LossPoin
 from app.config import adapters_dir
 
 __all__ = ["SCHEMA_VERSION", "AdapterCard", "AdapterInfo", "BaseModelRef", "LossPoint", "check_compatible",
-           "check_name", "check_shapes", "get", "install", "list_adapters", "read_folder", "record_eval", "remove",
-           "render_readme", "root_dir", "scan", "versions"]
+           "check_name", "check_shapes", "disable", "enable", "get", "install", "is_disabled", "list_adapters",
+           "read_folder", "record_eval", "record_extra", "remove", "render_readme", "rollback", "root_dir", "scan",
+           "status", "versions"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _MACHINE_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/]|\\\\)")  # absolute POSIX, home, Windows drive or UNC
 _TRASH = ".trash-"
 # staging folders of installs (".staging-") and trainings (".train-") live seconds; older ones are a killed run's
 _LEFTOVERS, _LEFTOVER_AGE_S = (".staging-", ".train-"), 3600
+STATUS_FILE = "status.json"  # per adapter name, not per version: kept across installs and rollbacks
 
 
 @dataclass
@@ -296,7 +299,7 @@ def _swap_in(build: Path, target: Path, prev: AdapterInfo | None) -> None:
     cur = build / "versions" / f"v{prev.version}"
     cur.mkdir()
     for f in target.iterdir():
-        if f.is_file():
+        if f.is_file() and f.name != STATUS_FILE:  # the name's on/off switch is no part of a version
             _link_file(f, cur / f.name)
     trash = target.parent / f"{_TRASH}{target.name}.{os.getpid()}"
     os.replace(target, trash)
@@ -311,6 +314,11 @@ def install(staging_dir, name: str, card: AdapterCard | dict, root=None) -> Adap
 
     Example: `install(tmp, "medical-v2", {"base_model": {"name": info.name, "sha256": info.sha256}})`.
     """
+    return _install(staging_dir, name, lambda prev: _new_card(card, name, prev), root)
+
+
+def _install(staging_dir, name: str, make_card, root=None) -> AdapterInfo:
+    """install(), with the new version's card made by `make_card(previous AdapterInfo or None)`."""
     root = root_dir(root)
     check_name(name)
     staging = Path(staging_dir)
@@ -319,12 +327,14 @@ def install(staging_dir, name: str, card: AdapterCard | dict, root=None) -> Adap
     _recover(root)
     target = root / name
     prev = read_folder(target, name) if target.is_dir() else None
-    card = _new_card(card, name, prev)
+    card = make_card(prev)
     build = Path(tempfile.mkdtemp(prefix=f".staging-{name}.", dir=root))
     try:
         for f in staging.iterdir():
-            if f.is_file() and f.name not in ("card.json", "README.md"):
+            if f.is_file() and f.name not in ("card.json", "README.md", STATUS_FILE):
                 shutil.copy2(f, build / f.name)
+        if (target / STATUS_FILE).is_file():  # a disabled adapter stays disabled through a new version
+            shutil.copy2(target / STATUS_FILE, build / STATUS_FILE)
         _write_card(build, card)
         _swap_in(build, target, prev)
     except BaseException:
@@ -370,3 +380,100 @@ def record_calibration(name: str, table: dict, root=None) -> AdapterInfo:
     card.calibration = {**old, **table, "fitted_on": fitted}
     _write_card(info.path, card)
     return read_folder(info.path, name)
+
+
+def record_extra(name: str, key: str, value: Any, root=None) -> AdapterInfo:
+    """Store `value` under `key` in the current version's card (the card's `extra`, written back unchanged by
+    every reader), e.g. the bias probe. Example: `record_extra("med", "bias_probe", result)`."""
+    info = get(name, root)
+    card = info.card
+    card.base_model.name = card.base_model.name or info.base_model
+    card.extra[key] = value
+    _write_card(info.path, card)
+    return read_folder(info.path, name)
+
+
+# --- oversight: rollback, disable / enable ---------------------------------------------------------------
+def rollback(name: str, version: int, root=None, who: str = "", reason: str = "") -> AdapterInfo:
+    """Make an earlier version current again, append-only: its files (weights, routing summary) and its card
+    (calibration, answer settings) become a NEW current version N+1 whose card's `parent` is the version it
+    came from (`{"name", "version": K, "rollback": True}`) and whose `extra["rollback"]` names the version it
+    replaced; the replaced version is kept under versions/ like any other. It goes through the install swap,
+    so it is one atomic step; the weights are the same as vK's, so vK's eval evidence is carried to vN+1.
+
+    Example: `rollback("medical-pubmedqa", 1).label` -> "medical-pubmedqa@v3" (a copy of v1).
+    """
+    root = root_dir(root)
+    cur = get(name, root)
+    if version == cur.version:
+        raise ValueError(f"'{name}' v{version} is already the current version; nothing to roll back")
+    old = get(name, root, version=version)  # FileNotFoundError naming the current version when absent
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}.rollback.", dir=root))
+    try:
+        for f in old.path.iterdir():
+            if f.is_file() and f.name not in ("card.json", "README.md", STATUS_FILE):
+                shutil.copy2(f, staging / f.name)
+
+        def make_card(prev: AdapterInfo | None) -> AdapterCard:
+            if prev is None or prev.version != cur.version:
+                now = f"v{prev.version}" if prev else "removed"
+                raise RuntimeError(f"adapter '{name}' changed while rolling back (now {now}); run the rollback again")
+            card = AdapterCard.from_dict(old.card.to_dict())
+            card.base_model.name = card.base_model.name or old.base_model or prev.base_model
+            card.name, card.version = name, prev.version + 1
+            card.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            card.parent = {"name": name, "version": old.version, "rollback": True}
+            card.evals = {**prev.card.evals, **old.card.evals}
+            if f"v{old.version}" in card.evals:
+                card.evals[f"v{card.version}"] = copy.deepcopy(card.evals[f"v{old.version}"])
+            card.extra["rollback"] = {"to_version": old.version, "replaced_version": prev.version,
+                                      "time": card.created, "who": who, "reason": reason}
+            return card
+
+        return _install(staging, name, make_card, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _status_path(name: str, root=None) -> Path:
+    return root_dir(root) / check_name(name) / STATUS_FILE
+
+
+def status(name: str, root=None) -> dict:
+    """The adapter's oversight status: {"disabled": bool, "reason", "who", "time"} ({"disabled": False} when
+    never set). One small file read: cheap enough per request. Example: `status("medical-pubmedqa")["disabled"]`."""
+    try:
+        data = json.loads(_status_path(name, root).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return {"disabled": False}
+    except (OSError, ValueError):
+        return {"disabled": True, "reason": f"unreadable {STATUS_FILE}: fix or delete it"}  # fail closed
+    return data if isinstance(data, dict) and "disabled" in data else {"disabled": True,
+                                                                         "reason": f"malformed {STATUS_FILE}"}
+
+
+def is_disabled(name: str, root=None) -> bool:
+    """Whether an operator disabled the adapter (`disable`). Example: `is_disabled("medical-pubmedqa")` -> False."""
+    return bool(status(name, root).get("disabled"))
+
+
+def _set_status(name: str, disabled: bool, root, reason: str, who: str) -> dict:
+    info = get(name, root)  # the adapter must exist (FileNotFoundError naming the installed ones)
+    data = {"disabled": disabled, "reason": reason, "who": who, "version": info.version,
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    _write_text(info.path, STATUS_FILE, json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def disable(name: str, root=None, reason: str = "", who: str = "") -> dict:
+    """Take an adapter out of service (all its versions) until `enable`: status.json in its folder, written
+    atomically; it survives new versions and rollbacks. Returns the status written.
+
+    Example: `disable("medical-pubmedqa", reason="wrong dosing answers", who="alice")`.
+    """
+    return _set_status(name, True, root, reason, who)
+
+
+def enable(name: str, root=None, reason: str = "", who: str = "") -> dict:
+    """Put a disabled adapter back in service. Example: `enable("medical-pubmedqa")`."""
+    return _set_status(name, False, root, reason, who)

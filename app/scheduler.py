@@ -117,7 +117,8 @@ class Scheduler:
 
     def stats(self) -> dict:
         with self._cv:
-            return {"waiting": len(self._waiting), "active": len(self._active), "max_batch": self.max_batch,
+            active = sum(not r.finished for r in self._active)  # finished rows leave at the end of the step
+            return {"waiting": len(self._waiting), "active": active, "max_batch": self.max_batch,
                     "queue_limit": self.queue_limit, **self.counters}
 
     def close(self) -> None:

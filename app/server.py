@@ -4,6 +4,7 @@ such as lm-evaluation-harness can ask in all four modes.
 Model ids (GET /v1/models lists the servable ones):
   base                      the base model, no adapter, no retrieval (its name is in each entry's `loracle` field)
   NAME                      a loaded adapter by registry name (its current version); NAME@vN a pinned version
+  auto                      each question routed to the closest adapter, or to none (app.routing)
   MODEL+rag                 MODEL with retrieval over its default index (the adapter card's, else the engine's)
   MODEL+rag:INDEX           MODEL with retrieval over the index INDEX (one of `loracle index list`)
 Only adapters the engine loaded at start are served (`loracle serve --adapters a,b`).
@@ -46,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import loglik
+from app.engine import AUTO
 from app.scheduler import Busy
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
@@ -158,9 +160,10 @@ def _default_index(engine, key: str | None) -> str:
 def list_models(engine, created: int = 0) -> list[dict]:
     """The /v1/models entries: base and each served adapter, each alone, +rag and +rag:INDEX per index."""
     indexes = available_indexes(engine)
-    entries = [("base", None, None)] + [(mid, key, engine.adapter_ref(key).label)
-                                       for mid, key in served_adapters(engine).items()
+    served = served_adapters(engine)
+    entries = [("base", None, None)] + [(mid, key, engine.adapter_ref(key).label) for mid, key in served.items()
                                        if "@" not in mid or key != mid.partition("@")[0]]
+    entries += [(AUTO, None, AUTO)] if served else []
     out = []
     for mid, key, label in entries:
         info = {"base_model": engine.info.name, "adapter": label}
@@ -188,6 +191,8 @@ def resolve_model(engine, model_id: str, index: str | None = None) -> Target:
     if adapter == engine.info.name:  # the base model's own name is an alias of "base"
         adapter = None
     served = served_adapters(engine)
+    if adapter == AUTO:  # routed per question by the engine; the registry's adapters load on demand
+        served = {**served, AUTO: None}
     if adapter is not None and adapter not in served:
         known = ", ".join(["base", *served]) or "base"
         raise not_found(f"model '{model_id}': no adapter '{adapter}' is loaded on this server (serving: {known}); "
@@ -293,7 +298,8 @@ def loracle_extension(answer) -> dict:
                        "location": c.passage.location if c.passage else None} for c in answer.citations],
         "passages": [{"rank": p.rank, "doc_id": p.doc_id, "score": float(p.score), "location": p.location,
                       "text": p.chunk.text} for p in answer.passages],
-        "settings": answer.settings, "timings": answer.timings})
+        "settings": answer.settings, "timings": answer.timings, "route": answer.route, "notes": answer.notes,
+        "answer_id": answer.answer_id})
 
 
 def _usage(answer) -> dict:
@@ -535,7 +541,8 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
         max_new = _max_tokens(body.max_completion_tokens or body.max_tokens, engine.config.max_new_tokens, limit,
                               name)
         options = {k: v for k, v in dict(k=body.k, index=target.index, decide=body.decide, examples=examples or None,
-                                         passage_chars=body.passage_chars, max_new_tokens=max_new).items()
+                                         passage_chars=body.passage_chars, max_new_tokens=max_new,
+                                         origin="api").items()
                    if v is not None}
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
         if not body.stream:
@@ -562,6 +569,9 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         target = resolve_model(engine, body.model)
+        if target.adapter == AUTO:
+            raise ApiError(400, "model 'auto' routes chat questions; on /v1/completions name the adapter (or "
+                           "'base') whose log-probabilities you want", param="model")
         if target.retrieval:
             plain = body.model.partition("+")[0]
             raise ApiError(400, f"model '{body.model}' retrieves passages for a question, and a raw prompt has "

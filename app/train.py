@@ -314,8 +314,8 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
     return card
 
 
-def _install(model, info, card: dict, config: TrainConfig, root: Path):
-    from app import registry
+def _install(model, info, card: dict, config: TrainConfig, root: Path, questions: list[str]):
+    from app import registry, routing
 
     for peft_config in model.peft_config.values():  # the hub id, not this machine's cache folder
         peft_config.base_model_name_or_path = info.name
@@ -323,6 +323,8 @@ def _install(model, info, card: dict, config: TrainConfig, root: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".train-{config.name}.", dir=root))
     try:
         model.save_pretrained(staging, safe_serialization=True)
+        # the routing summary (adapter="auto") ships inside the version it describes
+        routing.build_summary(staging, questions, source=data_reference(config.data)["path"])
         return registry.install(staging, config.name, card, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -357,7 +359,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     model, parent = _wrap(model, info, config, root)
     result = fit(model, train_ex, val_ex, config, progress)
     card = _card(config, info, items, train_items, val_items, train_ex, result, parent)
-    return _install(model, info, card, config, root)
+    return _install(model, info, card, config, root, [str(it["question"]) for it in train_items])
 
 
 def add_arguments(parser) -> None:

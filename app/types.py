@@ -72,6 +72,9 @@ class Answer:
     question: str = ""
     decision: Any = None  # app.decision.Decision or None
     settings: dict[str, Any] = field(default_factory=dict)
+    route: dict[str, Any] | None = None  # adapter="auto": {"adapter": name or None, "score": best score}
+    notes: list[str] = field(default_factory=list)  # e.g. "adapter X is disabled: answered by the base model"
+    answer_id: str = ""  # the audit log's id for this answer ("" when the log is off); feedback refers to it
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

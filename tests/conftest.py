@@ -10,6 +10,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["UNSTRUCTURED_DISABLE_NOTICE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "LORACLE_AUDIT" not in os.environ:  # engines built by tests log their answers here, never in the checkout
+    import tempfile
+
+    os.environ["LORACLE_AUDIT"] = os.path.join(tempfile.mkdtemp(prefix="loracle-audit-"), "audit.sqlite")
 
 REPO = Path(__file__).resolve().parents[1]
 # A copy of the shared data's fixed sample subset (tests/data/README.md), so a plain clone runs every test.

@@ -107,7 +107,7 @@ def test_engine_stream_closed_early_frees_the_row(tiny_model_dir, tmp_path):
     from app.engine import Engine
 
     engine = Engine(EngineConfig(base_model=str(untie_base(tiny_model_dir, tmp_path / "base")),
-                                 adapters_dir=str(tmp_path / "none"), adapters=(), max_new_tokens=200))
+                                 adapters_dir=str(tmp_path / "none"), adapters=(), max_new_tokens=1500))
     engine.backend.force_length = True
     parts = engine.stream("Tell me everything")
     assert isinstance(next(parts), str)

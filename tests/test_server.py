@@ -139,6 +139,33 @@ def test_extension_fields_and_history(served):
     assert r.json()["choices"][0]["message"]["content"] == direct.text
 
 
+def test_auto_routes_and_every_answer_is_audited(served):
+    import httpx
+
+    from app import registry, routing
+
+    engine = served.engine
+    routing.build_summary(registry.get("alpha", engine.root).path,
+                          ["Does aspirin reduce the risk of heart attack?", "Do statins prevent stroke?",
+                           "Is vitamin D useful for preventing falls?", "Are beta blockers safe after infarction?"])
+    engine.reload_router()
+    assert "auto" in {m.id for m in client(served.port).models.list()}
+    body = {"model": "auto", "max_tokens": 3, "messages": [{"role": "user", "content": "Does aspirin prevent heart "
+                                                                                           "attacks?"}]}
+    r = httpx.post(served.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    ext = r.json()["loracle"]
+    assert ext["route"]["adapter"] == "alpha" and ext["adapter"] == "alpha@v1" and ext["answer_id"]
+    row = next(a for a in engine.audit.answers() if a["id"] == ext["answer_id"])
+    assert (row["entry_point"], row["adapter"], row["route_adapter"], row["mode"]) == ("api", "alpha@v1", "alpha",
+                                                                                      "lora")
+    body["messages"][0]["content"] = "Who won the football world cup in 1998?"
+    ext = httpx.post(served.url + "/v1/chat/completions", json=body, timeout=120).json()["loracle"]
+    assert ext["route"]["adapter"] is None and ext["mode"] == "base"
+    r = httpx.post(served.url + "/v1/completions", json={"model": "auto", "prompt": "x", "max_tokens": 0}, timeout=60)
+    assert r.status_code == 400 and "auto" in r.json()["error"]["message"]
+
+
 def _error(exc_info) -> dict:
     body = exc_info.value.response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body

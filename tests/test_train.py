@@ -68,6 +68,10 @@ def test_training_lowers_loss_and_installs_a_loadable_adapter_with_its_card(qa_f
     assert evaluate_loss(model, examples) < before - 0.05
     names = {p.name for p in info.path.iterdir() if p.is_file()}
     assert "adapter_model.safetensors" in names and "adapter_config.json" in names
+    from app.routing import load_summary  # the routing summary of its training questions ships with it
+
+    meta, matrix = load_summary(info.path)
+    assert matrix.shape[0] == meta["count"] > 0
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
 
     card = json.loads((info.path / "card.json").read_text())

@@ -57,7 +57,7 @@ def test_home_shows_status_and_links(ui_env):
     at = page("Home.py")
     assert at.title[0].value == "Loracle"
     assert [m.value for m in at.metric][1:] == ["1", "1"]  # adapters, indexes
-    assert len(at.get("page_link")) == 5
+    assert len(at.get("page_link")) == 6
     assert not at.error
 
 
@@ -66,7 +66,7 @@ def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
     from app.ui.state import get_engine
 
     at = page("pages/1_Ask.py")
-    assert at.selectbox(key="ask_adapter").options == ["off", ADAPTER]
+    assert at.selectbox(key="ask_adapter").options == ["off", ADAPTER, "auto (route per question)"]
     assert at.selectbox(key="ask_adapter").value == ADAPTER  # the default adapter is preselected
     assert at.toggle(key="ask_retrieval").value is True
     assert at.selectbox(key="ask_index").value == INDEX
@@ -85,6 +85,27 @@ def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
     assert len(at.session_state["history"]) == 4
     assert len(at.expander) >= 2 and at.code  # passages expandable, chunk shown as plain text
     assert get_engine() is engine and engine.model is model  # switching never reloaded anything
+
+
+def test_ask_auto_routes_per_question_and_says_where(ui_env):
+    from app import registry, routing
+    from app.ui.state import get_engine
+
+    engine = get_engine()
+    routing.build_summary(registry.get(ADAPTER, engine.root).path,
+                          ["Does aspirin reduce the risk of heart attack?", "Do statins prevent stroke in the elderly?",
+                           "Is vitamin D useful for preventing falls?", "Does smoking cessation improve lung function?",
+                           "Are beta blockers safe after myocardial infarction?"])
+    engine.reload_router()
+    at = page("pages/1_Ask.py")
+    a = ask(at, "Does aspirin lower the risk of a heart attack?", "auto (route per question)", False)
+    assert (a.mode, a.route["adapter"]) == ("lora", ADAPTER) and a.route["score"] >= engine.router().threshold
+    assert any(f"routed to **{ADAPTER}**" in c.value for c in at.caption)
+    a = ask(at, "What is the offside rule in football?", "auto (route per question)", False)
+    assert (a.mode, a.route["adapter"]) == ("base", None)
+    assert any("out of scope" in c.value for c in at.caption)
+    row = engine.audit.answers()[-1]  # the audit log has the routed answer, flagged out of scope
+    assert row["id"] == a.answer_id and row["out_of_scope"] == 1 and row["entry_point"] == "ui"
 
 
 def test_feedback_is_logged_with_mode_adapter_and_passages(ui_env):
@@ -264,6 +285,100 @@ def test_evaluate_bad_upload_is_a_message(ui_env):
     at.run()
     assert at.error and not at.exception
     assert os.environ["LORACLE_INDEX"] == INDEX
+
+
+def fill_audit_log():
+    """A few answers (one out of scope, one rated) and an oversight event in the audit log the UI reads."""
+    from app.audit import AuditLog
+    from app.types import Answer
+
+    log = AuditLog()
+    for i, (mode, adapter, route) in enumerate([("base", None, None), ("lora", f"{ADAPTER}@v1", (ADAPTER, 0.61)),
+                                                 ("lora+rag", f"{ADAPTER}@v1", (ADAPTER, 0.55)),
+                                                 ("base", None, (None, 0.12))]):
+        answer = Answer(text="Yes.", mode=mode, adapter=adapter, question=f"question {i}: how do I bake bread?",
+                        timings={"prompt_tokens": 50, "new_tokens": 8})
+        aid = log.record(answer, "ui", 0.5 + i, route=dict(zip(("adapter", "score"), route)) if route else None)
+        if i == 1:
+            log.feedback(aid, "up")
+    log.event("disable", "some-adapter", "tester", "pre-filled for the Monitor page test")
+    return log
+
+
+def test_monitor_page_empty_then_filled(ui_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("LORACLE_AUDIT", str(tmp_path / "empty.sqlite"))
+    at = page("pages/6_Monitor.py")
+    assert any("audit log is empty" in i.value for i in at.info) and not at.error
+    assert not (tmp_path / "empty.sqlite").exists()  # reading never creates the database
+
+    monkeypatch.setenv("LORACLE_AUDIT", ui_env["LORACLE_AUDIT"])
+    fill_audit_log()
+    at = page("pages/6_Monitor.py")
+    assert not at.error and not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Answers"]) >= 4 and metrics["Latency p50"].endswith(" s")
+    frames = [df.value for df in at.dataframe]
+    assert any("question 3: how do I bake bread?" in set(df.get("question", [])) for df in frames)  # drift list
+    assert any("pre-filled for the Monitor page test" in set(df.get("why", [])) for df in frames)  # events table
+    assert [b.label for b in at.get("download_button")] == ["Answers (CSV)", "Answers (JSON)", "Events (CSV)",
+                                                            "Events (JSON)"]
+    assert len(at.get("vega_lite_chart")) == 2  # volume over time, by mode and by adapter
+
+
+def test_adapters_oversight_lineage_and_bias_probe(ui_env, tmp_path):
+    from app import bias, registry
+    from app.audit import AuditLog
+    from tests.tiny_adapter import card_for, make_adapter
+
+    base = Path(ui_env["LORACLE_BASE_MODEL"])
+    name = "oversight-demo"
+    for seed in (1, 2):
+        registry.install(make_adapter(base, tmp_path / f"s{seed}", seed=seed), name, card_for(base))
+        registry.record_eval(name, {"lora": {"accuracy": 0.4 + seed / 10, "macro_f1": 0.2 + seed / 10}})
+    probe = {"pairs": 2, "modes": {"lora": {"flip_rate": 0.5, "flips": 1, "pairs": 2, "mean_abs_dp_yes": 0.1,
+                                            "by_dimension": {"sex": {"flips": 1, "pairs": 2, "flip_rate": 0.5}},
+                                            "examples": [{"a": "q men", "b": "q women", "label_a": "yes",
+                                                          "label_b": "no"}]}}}
+    bias.record(name, probe)
+    try:
+        at = page("pages/4_Adapters.py")
+        at.selectbox(key="card_adapter").select(name)
+        at.run()
+        dot = at.get("graphviz_chart")[0].proto.spec
+        assert '"oversight-demo@v1" -> "oversight-demo@v2" [label="lora F1 +0.100"]' in dot
+        assert any("flip rate" in df.value.columns for df in at.dataframe)  # the bias probe table
+        assert at.selectbox(key="ovs_version").options == ["v1"]
+
+        at.button(key="ovs_toggle").click()  # no reason: refused
+        at.run()
+        assert at.error and "Give a reason" in at.error[0].value and not registry.is_disabled(name)
+        at.text_input(key="ovs_reason").input("answers about dosing look wrong")
+        at.text_input(key="ovs_who").input("tester")
+        at.button(key="ovs_toggle").click()
+        at.run()
+        assert registry.is_disabled(name) and not at.exception
+        assert at.warning and "disabled" in at.warning[0].value
+        assert list(at.dataframe[0].value.set_index("name")["status"][[name]]) == ["disabled"]
+        assert at.button(key="ovs_toggle").label == "Enable"
+        at.text_input(key="ovs_reason").input("checked again: fine")
+        at.button(key="ovs_toggle").click()
+        at.run()
+        assert not registry.is_disabled(name)
+
+        at.selectbox(key="ovs_version").select(1)
+        at.text_input(key="ovs_reason").input("v2 regressed")
+        at.button(key="ovs_rollback").click()
+        at.run()
+        assert not at.exception and not at.error
+        current = registry.get(name)
+        assert current.version == 3 and current.card.parent == {"name": name, "version": 1, "rollback": True}
+        assert at.success and "current again as oversight-demo@v3" in at.success[0].value
+        assert "dashed" in at.get("graphviz_chart")[0].proto.spec
+        events = [(e["kind"], e["target"], e["who"], e["why"]) for e in AuditLog().events(limit=3)]
+        assert events == [("rollback", name, "tester", "v2 regressed"), ("enable", name, "tester", "checked again: fine"),
+                          ("disable", name, "tester", "answers about dosing look wrong")]
+    finally:
+        registry.remove(name)
 
 
 def test_empty_index_and_foreign_adapter_are_explained(ui_env, tmp_path):

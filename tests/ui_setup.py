@@ -36,6 +36,7 @@ def build_ui_home(tiny_model_dir: Path, target: Path, sample_index: Path | None 
         "LORACLE_INDEXES": str(indexes),
         "LORACLE_INDEX": INDEX,
         "LORACLE_HOME": str(home),
+        "LORACLE_AUDIT": str(home / "audit" / "audit.sqlite"),
         "LORACLE_MAX_NEW_TOKENS": "8",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",

@@ -12,12 +12,13 @@ st.markdown("Local question answering over **one base model** with a switchable 
             "and switchable **retrieval** (RAG over your documents), so every question can be asked four ways: "
             "`base`, `lora`, `rag`, `lora+rag`.")
 
-c1, c2, c3, c4, c5 = st.columns(5)
+c1, c2, c3, c4, c5, c6 = st.columns(6)
 c1.page_link("pages/1_Ask.py", label="Ask", icon=":material/chat:")
 c2.page_link("pages/2_Compare.py", label="Compare modes", icon=":material/compare:")
 c3.page_link("pages/3_Documents.py", label="Documents", icon=":material/description:")
 c4.page_link("pages/4_Adapters.py", label="Adapters", icon=":material/extension:")
 c5.page_link("pages/5_Evaluate.py", label="Evaluate", icon=":material/bar_chart:")
+c6.page_link("pages/6_Monitor.py", label="Monitor", icon=":material/monitoring:")
 
 st.subheader("Status")
 engine = state.engine_or_stop()

@@ -94,17 +94,32 @@ def indexes() -> list[str]:
         return []
 
 
-def adapter_picker(key: str, allow_off: bool = True, label: str = "Adapter") -> str | None:
-    """Selectbox of registered adapters (plus 'off'); returns the adapter name or None."""
+ADAPTER_AUTO = "auto (route per question)"
+
+
+def adapter_picker(key: str, allow_off: bool = True, label: str = "Adapter", allow_auto: bool = False) -> str | None:
+    """Selectbox of registered adapters (plus 'off', and 'auto' where routing is offered); returns the adapter
+    name, "auto" or None."""
+    from app.engine import AUTO
+
     names = [a.name for a in adapters()]
-    options = ([ADAPTER_OFF] if allow_off else []) + names
+    options = ([ADAPTER_OFF] if allow_off else []) + names + ([ADAPTER_AUTO] if allow_auto and names else [])
     if not options:
         st.warning("No adapter is registered yet: train one on the Adapters page.")
         return None
     default = default_adapter_name()
     index = options.index(default) if default in options else 0
     choice = st.selectbox(label, options, index=index, key=key, help="A LoRA adapter over the same base model; switching never reloads the model.")
-    return None if choice == ADAPTER_OFF else choice
+    return None if choice == ADAPTER_OFF else AUTO if choice == ADAPTER_AUTO else choice
+
+
+def route_view(answer: Any) -> None:
+    """Where adapter="auto" sent the question, and any fallback the engine made (disabled/failing adapter)."""
+    if getattr(answer, "route", None):
+        target = answer.route["adapter"] or "no adapter (out of scope for every adapter)"
+        st.caption(f"routed to **{target}** (score {answer.route['score']:.2f})")
+    for note in getattr(answer, "notes", None) or []:
+        st.warning(note)
 
 
 def index_picker(key: str, label: str = "Index") -> str | None:
@@ -153,6 +168,8 @@ def feedback_controls(answer: Any, key: str, compact: bool = False) -> None:
         if col.button(label, key=f"fb_{rating}_{key}", icon=f":material/thumb_{rating}:", help=f"Rate this answer: {label.lower()}"):
             with friendly_errors("Saving feedback"):
                 feedback.record(answer, rating, comment)
+                if getattr(answer, "answer_id", ""):  # the audit log row of this answer gets the rating too
+                    get_engine().audit.feedback(answer.answer_id, rating, comment)
                 done.add(key)
                 st.success("Feedback saved. Thank you.")
 

@@ -14,7 +14,7 @@ history: list = st.session_state.setdefault("history", [])
 
 left, mid, right = st.columns([2, 1, 1])
 with left:
-    adapter = state.adapter_picker("ask_adapter")
+    adapter = state.adapter_picker("ask_adapter", allow_auto=True)
 with mid:
     retrieval = st.toggle("Retrieval", value=True, key="ask_retrieval", help="Retrieve passages from an index and cite them.")
 with right:
@@ -39,7 +39,7 @@ def ask(question: str):
 
     def deltas():
         for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
-                                  k=int(k) or None, index=index, decide=decide, calibrate=calibrate):
+                                  k=int(k) or None, index=index, decide=decide, calibrate=calibrate, origin="ui"):
             if isinstance(item, str):
                 yield state.md_escape(item)
             else:
@@ -71,6 +71,7 @@ def answer_details(answer, n: int, show_text: bool) -> None:
     if show_text:
         with st.chat_message("assistant"):
             st.markdown(state.md_escape(answer.text))
+    state.route_view(answer)
     state.decision_view(answer)
     st.caption(f"mode **{answer.mode}** · adapter {answer.adapter or state.ADAPTER_OFF} · {state.timings_line(answer.timings)}"
                + (f" · {state.settings_line(answer)}" if state.settings_line(answer) else ""))

@@ -42,7 +42,7 @@ if submitted:
             st.session_state["comparison"] = {
                 "question": question.strip(), "adapter": adapter, "index": index, "k": int(k),
                 "answers": engine.compare(question.strip(), adapter=adapter, index=index, k=int(k) or None,
-                                          decide=decide, calibrate=calibrate),
+                                          decide=decide, calibrate=calibrate, origin="ui"),
                 "wall_s": time.perf_counter() - t0, "n": st.session_state.get("n_comparisons", 0) + 1,
             }
             st.session_state["n_comparisons"] = st.session_state["comparison"]["n"]

@@ -1,4 +1,5 @@
-"""Adapters: the registry as a table, one adapter's card, train a new one in the background, set the default."""
+"""Adapters: the registry as a table, one adapter's card, lineage graph and bias probe; oversight (roll back,
+disable / enable, each with a reason kept in the audit log); train a new one in the background; set the default."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import registry
 from app.jobs import runner
 from app.registry import AdapterCard
 from app.types import MODES
@@ -62,6 +64,7 @@ else:
             "created": card.created or "-",
             "parent": f"{parent.get('name')}@v{parent.get('version')}" if parent else "-",
             "eval": eval_summary(card),
+            "status": "disabled" if registry.is_disabled(a.name) else "in service",
         })
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
@@ -75,7 +78,8 @@ else:
             st.success(f"'{chosen}' is now the default adapter (saved in settings).")
             st.rerun()
     info = next(a for a in infos if a.name == chosen)
-    card_tab, eval_tab, raw_tab = st.tabs(["Model card", "Evaluation per mode", "card.json"])
+    card_tab, eval_tab, lineage_tab, bias_tab, raw_tab = st.tabs(
+        ["Model card", "Evaluation per mode", "Lineage", "Bias probe", "card.json"])
     with card_tab:
         readme = info.path / "README.md"
         text = readme.read_text(encoding="utf-8") if readme.exists() else "_(no README.md)_"
@@ -95,8 +99,81 @@ else:
         for version, summary in info.card.evals.items():
             st.markdown(f"**{version}**")
             st.dataframe(pd.DataFrame({m: v for m, v in summary.items() if m in MODES}).T, width="stretch")
+    with lineage_tab:
+        from app.lineage import lineage, to_dot
+
+        with state.friendly_errors("Reading the version history"):
+            graph = lineage(registry.versions(chosen))
+            st.graphviz_chart(to_dot(chosen, graph), width="stretch")
+            st.caption("Each box is a version (the current one filled); an edge goes from the version a new one "
+                       "replaced or came from, labelled with the eval change (F1 = macro-F1 of the yes/no/maybe "
+                       "decision); dashed: a rollback.")
+    with bias_tab:
+        from app.bias import summary_rows
+
+        probe = info.card.extra.get("bias_probe")
+        if not isinstance(probe, dict) or not probe.get("modes"):
+            st.info(f"No bias probe recorded for this adapter: run `loracle ops bias-probe {chosen} --save`.")
+        else:
+            st.caption(f"Counterfactual probe of v{probe.get('version', '?')} ({probe.get('created', '?')}): "
+                       f"{probe.get('pairs')} question pairs that differ only in the patient group (sex, age, "
+                       f"ethnicity); the flip rate is the share of pairs whose yes/no/maybe decision differs.")
+            st.dataframe(pd.DataFrame(summary_rows(probe)), hide_index=True, width="stretch")
+            examples = [{"mode": m, **e} for m, r in probe["modes"].items() for e in r.get("examples", [])]
+            if examples:
+                with st.expander(f"Flipped pairs ({len(examples)} shown)"):
+                    st.dataframe(pd.DataFrame(examples), hide_index=True, width="stretch")
     with raw_tab:
         st.code(json.dumps(info.card.to_dict(), indent=2), language="json")
+
+    st.subheader("Oversight")
+    note = st.session_state.pop("oversight_note", None)
+    if note:
+        st.success(note)
+    status = registry.status(chosen)
+    if status.get("disabled"):
+        st.warning(f"'{chosen}' is disabled (by {status.get('who') or '?'}, {status.get('time', '?')}): "
+                   f"{status.get('reason') or 'no reason given'}. It is not used for answers until enabled.")
+    else:
+        st.caption(f"'{chosen}' v{info.version} is in service. Every change below is kept in the audit log "
+                   f"(Monitor page) with your reason.")
+    from app.audit import current_user as default_who
+
+    r1, r2 = st.columns([3, 1])
+    reason = r1.text_input("Reason (required)", key="ovs_reason", placeholder="e.g. v3 gives wrong dosing answers")
+    who = r2.text_input("Who", value=default_who(), key="ovs_who")
+    earlier = [v.version for v in registry.versions(chosen) if v.version != info.version]
+    o1, o2, o3 = st.columns([2, 1, 1])
+    target = o1.selectbox("Roll back to version", earlier, format_func=lambda v: f"v{v}", key="ovs_version",
+                          disabled=not earlier, help="The chosen version becomes current again as a new version; "
+                                                     "history is append-only.")
+    o2.write("")
+    rollback_clicked = o2.button("Roll back", key="ovs_rollback", disabled=not earlier)
+    o3.write("")
+    toggle = "Enable" if status.get("disabled") else "Disable"
+    toggle_clicked = o3.button(toggle, key="ovs_toggle", type="primary" if toggle == "Disable" else "secondary")
+
+    def oversight(kind: str, detail: dict, message: str) -> None:
+        from app.audit import AuditLog
+
+        AuditLog().event(kind, chosen, who.strip() or default_who(), reason.strip(), detail)
+        st.session_state["oversight_note"] = message
+        st.rerun()
+
+    if rollback_clicked or toggle_clicked:
+        if not reason.strip():
+            st.error("Give a reason: it is kept in the audit log with the change.")
+        elif rollback_clicked:
+            with state.friendly_errors("Rolling back"):
+                new = registry.rollback(chosen, int(target), who=who.strip(), reason=reason.strip())
+                oversight("rollback", {"from_version": info.version, "to_version": int(target),
+                                       "new_version": new.version},
+                          f"v{target} of '{chosen}' is current again as {new.label}; v{info.version} is kept.")
+        else:
+            with state.friendly_errors(f"{toggle[:-1]}ing"):
+                change = registry.disable if toggle == "Disable" else registry.enable
+                done = change(chosen, reason=reason.strip(), who=who.strip())
+                oversight(toggle.lower(), {"version": done["version"]}, f"'{chosen}' {toggle.lower()}d.")
 
 st.divider()
 st.subheader("Train a new adapter")
