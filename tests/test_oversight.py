@@ -119,3 +119,30 @@ def test_cli_ops_commands_write_audit_events(three_versions, tmp_path, monkeypat
     assert len(json.loads(out.read_text())) == 3
     assert main(["ops", "events", "--limit", "1"]) == 0
     assert "enable" in capsys.readouterr().out
+
+
+def test_disable_and_rollback_take_effect_on_the_next_request_of_a_running_engine(tiny_model_dir, tmp_path):
+    from app.config import EngineConfig
+    from app.engine import Engine
+    from tests.tiny_adapter import untie_base
+
+    base = untie_base(tiny_model_dir, tmp_path / "base")
+    root = tmp_path / "adapters"
+    for seed in (1, 2):
+        registry.install(make_adapter(base, tmp_path / f"s{seed}", seed=seed), "med", card_for(base), root)
+    engine = Engine(EngineConfig(base_model=str(base), adapters_dir=str(root), adapters=("med",), max_new_tokens=6))
+    q = "Does aspirin reduce the risk of stroke?"
+    v2, plain = engine.answer(q, adapter="med"), engine.answer(q)
+    assert v2.adapter == "med@v2" and v2.text != plain.text
+
+    registry.disable("med", root, reason="test")
+    off = engine.answer(q, adapter="med")  # no restart: the next request falls back, and says so
+    assert (off.mode, off.adapter, off.text) == ("base", None, plain.text)
+    assert off.notes and "disabled" in off.notes[0]
+    registry.enable("med", root)
+    assert engine.answer(q, adapter="med").text == v2.text
+
+    v1_text = engine.answer(q, adapter="med@v1").text
+    registry.rollback("med", 1, root, who="test", reason="v2 regressed")
+    back = engine.answer(q, adapter="med")
+    assert back.adapter == "med@v3" and back.text == v1_text and not back.notes
