@@ -24,8 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-unit", choices=("char", "token"), default=None, help=f"chunk size unit (default {d.unit})")
     p.add_argument("--embedder", default=None, help=f"sentence-transformers folder or id (default {DEFAULT_EMBEDDER}; "
                    "must match the index's)")
-    p.add_argument("--index-type", choices=("flat", "hnsw"), default="flat", help="FAISS index for a NEW index: "
-                   "flat (exact; default) or hnsw (approximate, for 100k+ chunks; see benchmarks/search.py)")
+    p.add_argument("--index-type", choices=("auto", "flat", "hnsw", "ivf"), default=None, help="vector index of a NEW "
+                   "index: auto (default: exact flat below 100k chunks, IVF-SQ8 above), flat, hnsw or ivf (docs/scale.md)")
+    p.add_argument("--store", choices=("faiss", "milvus"), default=None, help="where a NEW index keeps its vectors: "
+                   "faiss (default, a file in the index folder) or milvus")
+    p.add_argument("--uri", default=None, help="with --store milvus: a .db path for the embedded milvus-lite (default: "
+                   "vectors.db in the index folder) or http://HOST:19530 for a Milvus server")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_ingest)
 
@@ -82,9 +86,19 @@ def _run_ingest(args) -> int:
     if not args.paths and not args.remove:
         raise ValueError("nothing to do: give files/folders to add, or --remove DOC")
     config = _ingest_config(args)
-    if args.index_type != "flat" and not (index_path(args.index) / "manifest.json").is_file():
+    layout = {"index_type": args.index_type, "store": args.store, "uri": args.uri}
+    if not (index_path(args.index) / "manifest.json").is_file():
         Index.create(args.index, embedder=config.embedder if config else DEFAULT_EMBEDDER,
-                     chunk=config.chunk if config else ChunkConfig(), index_type=args.index_type).close()
+                     chunk=config.chunk if config else ChunkConfig(),
+                     **{k: v for k, v in layout.items() if v is not None}).close()
+    elif any(v is not None for v in layout.values()):
+        m = json.loads((index_path(args.index) / "manifest.json").read_text())
+        vectors = m.get("vectors") or {"store": "faiss"}
+        have = {"index_type": m.get("index_type"), "store": vectors["store"], "uri": vectors.get("uri")}
+        bad = [f"--{k.replace('_', '-')} {v} (it has {have[k]})" for k, v in layout.items() if v is not None and v != have[k]]
+        if bad:
+            raise ValueError(f"index '{args.index}' exists; {', '.join(bad)} only apply to a new index: "
+                             "drop the flag, or ingest into a new --index")
     bar = tqdm(total=0, unit="doc", desc=f"ingest -> {args.index}", disable=args.json or not args.paths)
 
     def progress(done: int, total: int, name: str) -> None:
@@ -133,8 +147,10 @@ def _run_index(args) -> int:
         if args.json:
             print(json.dumps({**{k: v for k, v in m.items() if k != "documents"}, "documents": docs}, indent=1))
             return 0
+        vectors = m.get("vectors") or {"store": "faiss"}
+        where = f"Milvus {vectors['uri']} ({vectors['collection']})" if vectors["store"] == "milvus" else "FAISS"
         print(f"index {ix.path}\n  embedder {m['embedder']['name']} (dim {m['embedder']['dim']}), {m['index_type']} "
-              f"FAISS, chunks {m['chunker']['size']}/{m['chunker']['overlap']} {m['chunker']['unit']}\n"
+              f"{where}, chunks {m['chunker']['size']}/{m['chunker']['overlap']} {m['chunker']['unit']}\n"
               f"  {m['counts']['documents']} documents, {m['counts']['chunks']} chunks, updated {m['updated'][:19]}")
         for d in docs:
             print(f"  {d['doc_id']:<32} {d['chunks']:>4} chunks  {d['format']:<5} {d['title'][:40]}  {d['source']}")

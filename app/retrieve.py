@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Hashable
 
 from app.config import DEFAULT_INDEX, DEFAULT_K
 from app.types import Passage
 from ingest.index import Index, index_path
 
 RRF_K = 60  # the constant of Cormack et al. (2009)
+AGGREGATIONS = ("max", "sum", "rrf")
 
 
 class Retriever:
@@ -66,7 +68,7 @@ class Retriever:
             scores, ids = self.index.search(self.embedder.encode(list(queries)), wide)
             ranked = [[(int(i), float(s)) for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(ids, scores)]
             if self.hybrid:
-                ranked = [_rrf([dense, sparse]) for dense, sparse in zip(ranked, self._bm25_search(queries, wide))]
+                ranked = [_rrf([dense, sparse]) for dense, sparse in zip(ranked, self.bm25_search(queries, wide))]
             out = []
             for query, hits in zip(queries, ranked):
                 hits = hits[:wide]
@@ -78,7 +80,8 @@ class Retriever:
                 out.append([Passage(chunk=c, score=s, rank=r) for r, (c, s) in enumerate(pairs[:k], 1)])
             return out
 
-    def _bm25_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+    def bm25_search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """BM25 over the index's chunks: per query, up to k (chunk row id, score), best first."""
         import bm25s
 
         if self._bm25 is None:
@@ -105,12 +108,29 @@ class Retriever:
         return out
 
 
-def _rrf(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    fused: dict[int, float] = {}
+def _rrf(rankings: list[list[tuple[Hashable, float]]]) -> list[tuple[Hashable, float]]:
+    """Reciprocal rank fusion of rankings of (key, score), best first: sum of 1/(RRF_K + rank)."""
+    fused: dict = {}
     for ranking in rankings:
         for rank, (i, _) in enumerate(ranking, 1):
             fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
     return sorted(fused.items(), key=lambda p: -p[1])
+
+
+def aggregate(hits: list[tuple[str, float]], how: str = "max") -> list[tuple[str, float]]:
+    """Chunk hits (doc_id, score), best first -> documents, best first. `how`: "max" (a document's
+    best chunk), "sum" (the sum of its chunks' scores) or "rrf" (the sum of 1/(RRF_K + chunk rank))."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation '{how}' is not one of {AGGREGATIONS}")
+    docs: dict[str, float] = {}
+    for rank, (doc_id, score) in enumerate(hits, 1):
+        if how == "max":
+            docs.setdefault(doc_id, score)
+        else:
+            docs[doc_id] = docs.get(doc_id, 0.0) + (score if how == "sum" else 1.0 / (RRF_K + rank))
+    if how == "max":  # the order the documents' best chunks come in (hits are ranked already)
+        return list(docs.items())
+    return sorted(docs.items(), key=lambda p: -p[1])  # stable: ties keep the order of their best chunk
 
 
 def _load_reranker(path: str):
@@ -143,12 +163,9 @@ def get_retriever(index: str | Path = DEFAULT_INDEX, hybrid: bool = False, reran
     return r
 
 
-def rank_documents(passages: list[Passage]) -> list[tuple[str, float]]:
-    """Documents in the order their best passage ranks, each with that passage's score."""
-    seen: dict[str, float] = {}
-    for p in passages:
-        seen.setdefault(p.doc_id, p.score)
-    return list(seen.items())
+def rank_documents(passages: list[Passage], how: str = "max") -> list[tuple[str, float]]:
+    """Documents ranked from their passages (see `aggregate`); "max": in the order their best passage ranks."""
+    return aggregate([(p.doc_id, p.score) for p in passages], how)
 
 
 def recall_at(ranked_doc_ids: list[list[str]], gold: list[str], ks=(1, 5, 10)) -> dict[int, float]:

@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.config import home  # noqa: E402
 from ingest.embed import get_embedder  # noqa: E402
-from ingest.index import Index, make_faiss_index  # noqa: E402
+from ingest.index import Index, build_faiss_index  # noqa: E402
 from ingest.pipeline import DEFAULT_INDEX, ensure_default_index  # noqa: E402
 
 
 def synthetic(n: int, seed: int = 0) -> np.ndarray:
     ensure_default_index()
     ix = Index.open(DEFAULT_INDEX)
-    real = ix._faiss.index.reconstruct_n(0, ix._faiss.ntotal) if hasattr(ix._faiss, "index") else None
+    real = ix.chunk_vectors()[1]  # the stored vectors (chunks.sqlite), whatever the vector store
     ix.close()
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, len(real), n), rng.integers(0, len(real), n)
@@ -72,8 +72,7 @@ def main() -> None:
     indexes, results = {}, {}
     for kind in ("flat", "hnsw"):
         t0 = time.perf_counter()
-        index = make_faiss_index(vecs.shape[1], kind)
-        index.add_with_ids(vecs, ids)
+        index = build_faiss_index(ids, vecs, kind)
         indexes[kind] = (index, time.perf_counter() - t0)
     emb.encode(questions[:4])  # warm
     for kind in indexes:

@@ -1,4 +1,5 @@
-"""Ingestion: documents -> chunks -> embeddings -> an on-disk FAISS index. Knows nothing of `app`.
+"""Ingestion: documents -> chunks -> embeddings -> an on-disk index (SQLite chunk store; vectors in FAISS
+or Milvus). Knows nothing of `app`.
 
 The public API, importable from the package (loaded on first use, so `import ingest` stays fast):
 
@@ -12,8 +13,9 @@ The public API, importable from the package (loaded on first use, so `import ing
     passages = ix.get_chunks(ids[0])
 
 Stages, one module each: `load` (files -> Document), `chunk` (Document -> Chunk), `embed`
-(texts -> vectors), `index` (the index folder); `pipeline` runs them; `safety` screens untrusted
-files; `formats` is the table of supported formats; `config` holds the defaults.
+(texts -> vectors), `index` (the index folder) with `vectors` (its FAISS or Milvus vector store);
+`pipeline` runs them; `safety` screens untrusted files; `formats` is the table of supported formats;
+`config` holds the defaults.
 """
 from __future__ import annotations
 

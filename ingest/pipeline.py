@@ -94,6 +94,8 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
     key = chunker_key(config.chunk)
     try:
         with ix.writer() as w:
+            if files:  # an explicit chunker for these files becomes the index's own
+                w.set_chunker(config.chunk)
             for doc_id in remove:
                 if w.remove(doc_id):
                     report.removed.append(doc_id)

@@ -37,6 +37,20 @@ def test_ingest_index_and_remove_commands(shared_data, tmp_path, monkeypatch, ca
     assert "no index" in capsys.readouterr().err
 
 
+def test_ingest_into_a_milvus_store(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
+    doc = shared_data / "sample" / "docs" / "pubmed-9854965.md"
+    assert main(["ingest", str(doc), "--index", "big", "--store", "milvus", "--index-type", "ivf"]) == 0
+    assert "added 1" in capsys.readouterr().out
+    assert main(["index", "show", "big"]) == 0
+    assert "ivf Milvus vectors.db (loracle_big)" in capsys.readouterr().out
+    assert main(["ingest", str(doc), "--index", "big", "--store", "faiss"]) == 2
+    assert "--store faiss (it has milvus) only apply to a new index" in capsys.readouterr().err
+    assert main(["search", "treadmill training after stroke", "--index", "big", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["doc_id"] == "pubmed-9854965"
+    assert main(["index", "remove", "big"]) == 0 and not (tmp_path / "indexes" / "big").exists()
+
+
 def test_search_command(sample_index, shared_data, tmp_path, capsys):
     assert main(["search", "Does music influence stress in mechanically ventilated patients?",
                  "--index", str(sample_index), "-k", "2"]) == 0

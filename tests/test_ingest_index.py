@@ -1,5 +1,6 @@
-"""The full pipeline with real files, the real MiniLM embedder and real FAISS: incremental ingest,
-remove, reopen, bad input, locking, atomic/consistent on-disk state."""
+"""The full pipeline with real files, the real MiniLM embedder and real FAISS / Milvus (milvus-lite):
+incremental ingest, remove, reopen, bad input, locking, atomic/consistent on-disk state. Store-level
+tests run on both vector stores (`store` parameter)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import pytest
 from ingest.config import ChunkConfig, IngestConfig
 from ingest.index import Index, IndexLockedError, list_indexes, remove_index
 from ingest.pipeline import ensure_default_index, ingest_paths, remove
+from ingest.types import Chunk
 from tests.test_ingest_load import make_docx
 
 MIXED = ["pubmed-17089900.txt", "pubmed-9854965.md", "pubmed-23386371.html", "pubmed-17220021.pdf"]
@@ -28,6 +30,15 @@ def docs(tmp_path, shared_data) -> Path:
     shutil.copy(shared_data / "sample" / "medquad" / "docs" / MEDQUAD_XML, d)
     make_docx(d / "aspirin.docx")
     return d
+
+
+STORES = ["faiss", "milvus"]
+
+
+def new_index(target: Path, store: str, **kw) -> Path:
+    """An empty index at `target` whose vectors live in `store` (ingest_paths then adds to it)."""
+    Index.create(target, store=store, **kw).close()
+    return target
 
 
 def search_docs(index: Index, query: str, k: int = 3) -> list[str]:
@@ -123,8 +134,9 @@ def test_bad_input_is_rejected_and_the_rest_ingested(docs, tmp_path):
     ix.close()
 
 
-def test_second_writer_is_refused_and_failed_writes_roll_back(docs, tmp_path):
-    target = tmp_path / "ix"
+@pytest.mark.parametrize("store", STORES)
+def test_second_writer_is_refused_and_failed_writes_roll_back(docs, tmp_path, store):
+    target = new_index(tmp_path / "ix", store)
     ingest_paths([docs / "pubmed-9854965.md"], index=target)
     ix = Index.open(target)
     on_disk = file_bytes(target)
@@ -161,6 +173,10 @@ def test_embedder_and_settings_are_checked(docs, tmp_path):
     assert ingest_paths([docs / "pubmed-9854965.md"], index=target).skipped == ["pubmed-9854965"]
     rechunked = ingest_paths([docs / "pubmed-9854965.md"], index=target, config=IngestConfig())
     assert rechunked.replaced == ["pubmed-9854965"] and rechunked.chunks_added < first.chunks_added
+    ix = Index.open(target)  # the new chunker is now the index's own: a plain re-run skips, not re-chunks back
+    assert (ix.manifest["chunker"]["size"], ix.manifest["chunker"]["overlap"]) == (ChunkConfig().size, ChunkConfig().overlap)
+    ix.close()
+    assert ingest_paths([docs / "pubmed-9854965.md"], index=target).skipped == ["pubmed-9854965"]
 
 
 def test_named_indexes_jsonl_corpus_and_default_index(shared_data, tmp_path, monkeypatch):
@@ -186,16 +202,27 @@ def test_named_indexes_jsonl_corpus_and_default_index(shared_data, tmp_path, mon
     json.loads((tmp_path / "home" / "data" / "pubmedqa" / "corpus.jsonl").read_text().splitlines()[0])
 
 
-def test_crash_after_store_commit_is_repaired_on_open(docs, tmp_path):
-    """Simulate a crash after the SQLite commit but before the FAISS + manifest writes."""
-    target = tmp_path / "ix"
+@pytest.mark.parametrize("store", STORES)
+def test_crash_after_store_commit_is_repaired_on_open(docs, tmp_path, store):
+    """Simulate a crash after the SQLite commit but before the vector + manifest writes: FAISS gets its
+    old file back; the Milvus collection loses the second batch's vectors (its insert never ran)."""
+    target = new_index(tmp_path / "ix", store)
     ingest_paths([docs / "pubmed-9854965.md"], index=target)
     old_manifest = (target / "manifest.json").read_bytes()
-    old_faiss = (target / "index.faiss").read_bytes()
-    ingest_paths([docs / "pubmed-17089900.txt"], index=target)
-    (target / "manifest.json").write_bytes(old_manifest)
-    (target / "index.faiss").write_bytes(old_faiss)
+    old_faiss = (target / "index.faiss").read_bytes() if store == "faiss" else None
     ix = Index.open(target)
+    before = set(ix.chunk_ids().tolist())
+    ix.close()
+    ingest_paths([docs / "pubmed-17089900.txt"], index=target)
+    if store == "faiss":
+        (target / "index.faiss").write_bytes(old_faiss)
+    else:  # undo the second batch's insert in the collection by hand
+        ix = Index.open(target)
+        ix._vectors._delete([i for i in ix.chunk_ids().tolist() if i not in before])
+        ix.close()
+    (target / "manifest.json").write_bytes(old_manifest)
+    ix = Index.open(target)
+    assert search_docs(ix, "zoledronic acid for Paget disease of bone", k=1) == ["pubmed-17089900"]
     assert [d["doc_id"] for d in ix.manifest["documents"]] == ["pubmed-17089900", "pubmed-9854965"]
     assert len(ix) == ix.manifest["counts"]["chunks"] == sum(d["chunks"] for d in ix.documents())
     assert json.loads((target / "manifest.json").read_text())["counts"] == ix.manifest["counts"]
@@ -203,9 +230,9 @@ def test_crash_after_store_commit_is_repaired_on_open(docs, tmp_path):
     assert ingest_paths([docs], index=target).added  # and writing on top of it works
 
 
-def test_hnsw_index_type_supports_replace_and_remove(docs, tmp_path):
-    target = tmp_path / "ix"
-    Index.create(target, index_type="hnsw").close()
+@pytest.mark.parametrize("store", STORES)
+def test_hnsw_index_type_supports_replace_and_remove(docs, tmp_path, store):
+    target = new_index(tmp_path / "ix", store, index_type="hnsw")
     ingest_paths([docs / "pubmed-9854965.md", docs / "pubmed-17089900.txt", docs / MEDQUAD_XML], index=target)
     assert remove(["pubmed-17089900"], index=target).removed == ["pubmed-17089900"]  # HNSW: rebuilt from the store
     ix = Index.open(target)
@@ -215,7 +242,8 @@ def test_hnsw_index_type_supports_replace_and_remove(docs, tmp_path):
     ix.close()
 
 
-def test_public_api_add_search_remove(tmp_path):
+@pytest.mark.parametrize("store", STORES)
+def test_public_api_add_search_remove(tmp_path, store):
     """`from ingest import ingest_paths, Index` is the package's entry point; Index.add/search/remove
     work on their own, without the pipeline."""
     import subprocess
@@ -232,10 +260,13 @@ def test_public_api_add_search_remove(tmp_path):
     assert sorted(ingest.__all__) == sorted(ingest._EXPORTS) and all(getattr(ingest, n) for n in ingest.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ingest.nope  # noqa: B018
-    lazy = "import ingest, sys; print(any(m in sys.modules for m in ('ingest.pipeline', 'faiss', 'torch')))"
-    assert subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True).stdout.strip() == "False"
+    lazy = ("import ingest, sys; print(any(m in sys.modules for m in ('ingest.pipeline', 'faiss', 'torch', "
+            "'pymilvus')))")
+    if store == "faiss":
+        assert subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True).stdout.strip() == "False"
 
-    ix = Index.create(tmp_path / "ix")
+    ix = Index.create(tmp_path / "ix", store=store)
+    assert ix.store == store
     embedder = get_embedder(ix.embedder)
     doc = Document("note-1", "note-1.txt", "Aspirin relieved tension headache in most adults.", {"title": "Note 1"})
     chunks = chunk(doc)
@@ -245,3 +276,78 @@ def test_public_api_add_search_remove(tmp_path):
     assert ix.manifest["counts"] == {"documents": 1, "chunks": 1}
     assert ix.remove("note-1") and not ix.remove("note-1") and len(ix) == 0
     ix.close()
+
+
+def test_milvus_server_uri_same_code_and_remove_drops_the_collection(docs, tmp_path):
+    """An http:// URI talks to a Milvus server: here milvus-lite's own gRPC server in a thread, so the
+    client goes over TCP exactly as it would to a Milvus cluster."""
+    from milvus_lite.adapter.grpc.server import start_server_in_thread
+    from pymilvus import MilvusClient
+
+    server, db, port = start_server_in_thread(str(tmp_path / "server-data"))
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        target = new_index(tmp_path / "ix", "milvus", uri=uri)
+        assert ingest_paths([docs / "pubmed-9854965.md", docs / "pubmed-17089900.txt"], index=target).added
+        ix = Index.open(target)
+        assert ix.manifest["vectors"] == {"store": "milvus", "uri": uri, "collection": "loracle_ix"}
+        assert len(ix) == ix.manifest["counts"]["chunks"] and not (target / "vectors.db").exists()
+        assert search_docs(ix, "motor neuron disease dementia and aphasia")[0] == "pubmed-9854965"
+        ix.close()
+        with pytest.raises(FileExistsError, match="already has a collection 'loracle_ix'"):
+            Index.create(tmp_path / "elsewhere" / "ix", store="milvus", uri=uri)
+        client = MilvusClient(uri=uri)
+        assert client.has_collection("loracle_ix")
+        remove_index(target)
+        assert not client.has_collection("loracle_ix") and not target.exists()
+        client.close()
+    finally:
+        server.stop(grace=0)
+        db.close()
+
+
+def test_bad_store_settings_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="vector store 'qdrant' is not one of .*--store milvus"):
+        Index.create(tmp_path / "a", store="qdrant", dim=8)
+    with pytest.raises(ValueError, match="only for the Milvus store; add --store milvus"):
+        Index.create(tmp_path / "b", uri="x.db", dim=8)
+    with pytest.raises(ValueError, match="index type 'ivfpq' is not one of"):
+        Index.create(tmp_path / "c", index_type="ivfpq", dim=8)
+
+
+def test_auto_index_type_goes_ivf_past_the_threshold_and_back(tmp_path, monkeypatch):
+    """"auto" is flat below AUTO_ANN_FROM chunks and IVF-SQ8 from there; IVF deletes in place and
+    goes back to flat below half the threshold. Random 16-dim vectors, no embedder."""
+    import numpy as np
+
+    from ingest import vectors
+    from ingest.types import Document
+
+    monkeypatch.setattr(vectors, "AUTO_ANN_FROM", 120)
+    rng = np.random.default_rng(0)
+    ix = Index.create(tmp_path / "ix", dim=16)
+    assert ix.manifest["index_type"] == "auto"
+
+    def add(n_docs: int, start: int) -> None:
+        with ix.writer() as w:
+            for d in range(start, start + n_docs):
+                v = rng.normal(size=(10, 16)).astype("float32")
+                v /= np.linalg.norm(v, axis=1, keepdims=True)
+                chunks = [Chunk(f"d{d}#{j}", f"d{d}", f"text {d} {j}", 0, 1) for j in range(10)]
+                w.put(Document(f"d{d}", "x", "text"), chunks, v)
+
+    add(10, 0)
+    assert vectors.faiss_type(ix._vectors.index) == "flat" and len(ix) == 100
+    add(3, 10)
+    assert vectors.faiss_type(ix._vectors.index) == "ivf" and len(ix) == 130
+    ids, vecs = ix.chunk_vectors()
+    _, found = ix.search(vecs[:5], k=1)
+    assert found[:, 0].tolist() == ids[:5].tolist()  # nprobe >= nlist here: exact
+    for d in range(8):  # 130 -> 50 chunks: IVF (deleting in place) down to 60, flat below
+        ix.remove(f"d{d}")
+        assert vectors.faiss_type(ix._vectors.index) == ("ivf" if len(ix) >= 60 else "flat")
+    assert len(ix) == 50 and vectors.faiss_type(ix._vectors.index) == "flat"
+    ix.close()
+    reopened = Index.open(tmp_path / "ix")
+    assert len(reopened) == 50 and reopened.manifest["counts"] == {"documents": 5, "chunks": 50}
+    reopened.close()

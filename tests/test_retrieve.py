@@ -1,4 +1,6 @@
-"""Retrieval over a real index of the sample documents (fixture `sample_index`)."""
+"""Retrieval over a real index of the sample documents (fixture `sample_index`), on both vector
+stores: the Milvus copy (`store_index`) shares the FAISS index's chunk store and derives its
+collection from it on first open, as the index does after a crash."""
 from __future__ import annotations
 
 import json
@@ -6,8 +8,24 @@ import shutil
 
 import pytest
 
-from app.retrieve import Retriever, get_retriever
+from app.retrieve import Retriever, aggregate, get_retriever
+from ingest.index import Index
 from ingest.pipeline import ingest_paths
+
+
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def store_index(request, sample_index, tmp_path_factory):
+    if request.param == "faiss":
+        return sample_index
+    path = tmp_path_factory.mktemp("milvus") / "sample"
+    shutil.copytree(sample_index, path, ignore=shutil.ignore_patterns("index.faiss", ".lock"))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["vectors"] = {"store": "milvus", "uri": "vectors.db", "collection": "loracle_sample"}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    ix = Index.open(path)  # an empty collection: re-synced from chunks.sqlite
+    assert ix.store == "milvus" and len(ix) == manifest["counts"]["chunks"] > 0
+    ix.close()
+    return path
 
 
 def dev_items(shared_data):
@@ -15,9 +33,9 @@ def dev_items(shared_data):
 
 
 @pytest.mark.parametrize("hybrid", [False, True])
-def test_dev_questions_find_their_abstract(sample_index, shared_data, hybrid):
+def test_dev_questions_find_their_abstract(store_index, shared_data, hybrid):
     items = dev_items(shared_data)
-    r = Retriever(sample_index, hybrid=hybrid)
+    r = Retriever(store_index, hybrid=hybrid)
     results = r.search_many([it["question"] for it in items], k=5)
     hits = sum(it["context_doc_id"] in {p.doc_id for p in ps} for it, ps in zip(items, results))
     top1 = sum(ps[0].doc_id == it["context_doc_id"] for it, ps in zip(items, results))
@@ -31,26 +49,28 @@ def test_dev_questions_find_their_abstract(sample_index, shared_data, hybrid):
             assert isinstance(p.location, str)
 
 
-def test_passages_carry_page_and_section(sample_index):
-    ps = Retriever(sample_index).search("Group B streptococcus carriage in pregnant women in Israel", k=2)
+def test_passages_carry_page_and_section(store_index):
+    ps = Retriever(store_index).search("Group B streptococcus carriage in pregnant women in Israel", k=2)
     assert ps[0].doc_id == "pubmed-17220021" and ps[0].location.startswith("p. 1")
     assert ps[0].chunk.metadata["page"] == 1
 
 
-def test_bad_queries(sample_index):
-    r = Retriever(sample_index, hybrid=True)
+def test_bad_queries(store_index):
+    r = Retriever(store_index, hybrid=True)
     with pytest.raises(ValueError, match="non-empty"):
         r.search("   ")
     with pytest.raises(ValueError, match="k must be"):
         r.search("stroke", k=0)
     assert len(r.search("the of and", k=3)) == 3  # BM25 has nothing; dense still answers
     with pytest.raises(FileNotFoundError, match="loracle ingest"):
-        Retriever(sample_index.parent / "nope")
+        Retriever(store_index.parent / "nope")
 
 
-def test_get_retriever_is_cached_and_sees_new_documents(shared_data, tmp_path):
+@pytest.mark.parametrize("store", ["faiss", "milvus"])
+def test_get_retriever_is_cached_and_sees_new_documents(shared_data, tmp_path, store):
     docs = shared_data / "sample" / "docs"
     target = tmp_path / "ix"
+    Index.create(target, store=store).close()
     ingest_paths([docs / "pubmed-9854965.md"], index=target)
     r = get_retriever(target, hybrid=True)
     assert get_retriever(target, hybrid=True) is r
@@ -84,3 +104,12 @@ def test_cross_encoder_rerank_orders_by_its_scores(sample_index, tmp_path):
     assert [round(float(s), 4) for s in direct] == [round(p.score, 4) for p in ps]
     with pytest.raises(FileNotFoundError, match="reranker"):
         Retriever(sample_index, reranker=str(tmp_path / "none"))
+
+
+def test_documents_ranked_from_chunks():
+    hits = [("a", 0.9), ("b", 0.8), ("b", 0.7), ("c", 0.6), ("b", 0.5)]
+    assert aggregate(hits, "max") == [("a", 0.9), ("b", 0.8), ("c", 0.6)]
+    assert [d for d, _ in aggregate(hits, "sum")] == ["b", "a", "c"]
+    assert [d for d, _ in aggregate(hits, "rrf")] == ["b", "a", "c"]
+    with pytest.raises(ValueError, match="aggregation 'mean' is not one of"):
+        aggregate(hits, "mean")
