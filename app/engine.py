@@ -174,6 +174,8 @@ class Engine:
                 registry.check_shapes(info, self.backend.base_model, self.info.name)
             try:
                 self.backend.load_adapter(ref.key, info.path, replace=have is not None)
+            except ValueError:  # a setup error that names its fix (e.g. not served by the remote server)
+                raise
             except Exception as exc:  # noqa: BLE001 - unreadable weights: a failing adapter, named
                 raise AdapterLoadError(f"adapter {ref.label} could not be loaded from {info.path}: {exc}") from exc
             self._adapters[ref.key] = _Loaded(ref, dict(info.card.answer_settings or {}),
