@@ -120,7 +120,7 @@ def encode(tokenizer, item: dict, passages: list[Passage], gold: list[int] | Non
     while True:
         prompt = prompts.render(tokenizer, prompts.build_messages(item["question"], passages or None))
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as the engine tokenizes it
-        if len(prompt_ids) + len(target_ids) <= max_len or chars < 100:
+        if len(prompt_ids) + len(target_ids) <= max_len or chars < 20:
             break
         chars = int(chars * 0.85)
         passages = [_trim(p, chars) for p in passages]
@@ -130,6 +130,9 @@ def encode(tokenizer, item: dict, passages: list[Passage], gold: list[int] | Non
         tail = tokenizer(prompts.format_target(None, "", cite=gold[:1]), add_special_tokens=False)["input_ids"] if gold else []
         tail = tail + [tokenizer.eos_token_id]
         target_ids = target_ids[: max(1, room - len(tail))] + tail
+    if len(prompt_ids) + len(target_ids) > max_len:
+        raise ValueError(f"max_len {max_len} is too small for item {item.get('id')}: its prompt alone needs "
+                         f"{len(prompt_ids)} tokens with passages cut to {chars} characters; raise --max-len")
     return Example(str(item.get("id")), prompt_ids + target_ids, [IGNORE] * len(prompt_ids) + target_ids,
                    len(passages), gold, decision_weight if item.get("final_decision") else 1.0)
 
