@@ -292,6 +292,10 @@ class Scheduler:
                                     seconds=seconds, batch_size=row.batch, cancelled=row.cancelled)
         with self._cv:
             self.counters["cancelled" if row.cancelled else "served"] += 1
+        if row.on_text is not None and error is None:  # text held back (a cut multi-byte character) goes out
+            if text.startswith(row.emitted) and len(text) > len(row.emitted):
+                row.on_text(text[len(row.emitted):])
+                row.emitted = text
         row.done.set()
         if row.on_text is not None:
             row.on_text(None)  # end of stream

@@ -121,3 +121,20 @@ def test_engine_stream_closed_early_frees_the_row(tiny_model_dir, tmp_path):
     whole = engine.stream("Is X safe?", max_new_tokens=5)
     items = list(whole)
     assert "".join(items[:-1]) == items[-1].text and items[-1].timings["new_tokens"] == 5
+
+
+def test_a_stream_ending_in_a_cut_character_still_equals_the_answer(backend):
+    """Text ending inside a multi-byte character is held back while decoding goes on; when the row finishes
+    there, the rest is sent, so the streamed deltas always add up to the final text."""
+    from app.scheduler import _Row
+
+    tok = backend.tokenizer
+    half = next(i for i in range(len(tok)) if tok.decode([i]).endswith("\ufffd"))  # half of a UTF-8 character
+    start = tok("Yes, it is", add_special_tokens=False)["input_ids"]
+    deltas = []
+    row = _Row(item("Hi"), [1, 2], on_text=deltas.append, generated=start + [half],
+               emitted=tok.decode(start, skip_special_tokens=True))  # what the stream had sent so far
+    Scheduler(backend)._finish(row)
+    assert deltas[-1] is None and row.emitted + "" == tok.decode(start + [half], skip_special_tokens=True)
+    assert "Yes, it is" + "".join(deltas[:-1]) == tok.decode(start + [half], skip_special_tokens=True)
+    assert row.result.text.endswith("\ufffd")
