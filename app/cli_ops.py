@@ -3,6 +3,7 @@ service, each change written to the audit log) and `loracle adapters route-summa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -32,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = change("rollback", "make an earlier version current again (as a new version: history is append-only)")
     q.add_argument("--to-version", type=int, required=True, help="the version to bring back, e.g. 1")
     q.set_defaults(func=_run_rollback)
-    change("disable", "take an adapter out of service until enabled (all versions)").set_defaults(func=_run_disable)
-    change("enable", "put a disabled adapter back in service").set_defaults(func=_run_enable)
+    change("disable", "take an adapter out of service until enabled (all versions)").set_defaults(
+        func=functools.partial(_run_service, disabled=True))
+    change("enable", "put a disabled adapter back in service").set_defaults(
+        func=functools.partial(_run_service, disabled=False))
 
     q = osub.add_parser("status", help="each adapter: current version, enabled or disabled (by whom, why)")
     q.add_argument("--root", default=None, help=_ROOT_HELP)
@@ -96,23 +99,16 @@ def _run_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_disable(args: argparse.Namespace) -> int:
+def _run_service(args: argparse.Namespace, disabled: bool) -> int:
+    """`ops disable` / `ops enable`: the registry status and its audit event."""
     from app import registry
 
     _reason(args)
-    status = registry.disable(args.name, args.root, reason=args.reason, who=args.who or default_who())
-    _audit_event("disable", args.name, args, {"version": status["version"]})
-    print(f"{args.name} disabled (v{status['version']}): {args.reason}")
-    return 0
-
-
-def _run_enable(args: argparse.Namespace) -> int:
-    from app import registry
-
-    _reason(args)
-    status = registry.enable(args.name, args.root, reason=args.reason, who=args.who or default_who())
-    _audit_event("enable", args.name, args, {"version": status["version"]})
-    print(f"{args.name} enabled (v{status['version']})")
+    change = registry.disable if disabled else registry.enable
+    status = change(args.name, args.root, reason=args.reason, who=args.who or default_who())
+    _audit_event("disable" if disabled else "enable", args.name, args, {"version": status["version"]})
+    print(f"{args.name} disabled (v{status['version']}): {args.reason}" if disabled
+          else f"{args.name} enabled (v{status['version']})")
     return 0
 
 

@@ -30,7 +30,6 @@ key (when started with an API key, for /v1/*), 404 unknown model or route, 413 b
 from __future__ import annotations
 
 import hmac
-import inspect
 import json
 import threading
 import time
@@ -318,14 +317,6 @@ def _next(gen):
         return _END
 
 
-def _cancel_kwargs(engine, cancel: threading.Event) -> dict:
-    try:
-        params = inspect.signature(engine.stream).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"cancel": cancel} if "cancel" in params else {}
-
-
 async def _engine_call(func, *args, **kwargs):
     try:
         return await run_in_threadpool(func, *args, **kwargs)
@@ -552,7 +543,7 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
                                  "logprobs": None, "finish_reason": _finish_reason(answer, max_new)}],
                     "usage": _usage(answer), "loracle": loracle_extension(answer)}
         cancel = threading.Event()
-        kwargs = {**options, **_cancel_kwargs(engine, cancel)}
+        kwargs = {**options, "cancel": cancel}
         gen = await _engine_call(lambda: iter(engine.stream(question, target.adapter, target.retrieval, **kwargs)))
         try:  # the first item before the response starts: a busy queue or a bad request is a plain HTTP error
             first = await _engine_call(_next, gen)

@@ -4,22 +4,17 @@ chat request is served by the same scheduler."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.ui_setup import CHROMIUM, CHROMIUM_ARGS, build_ui_home, free_port, sample_index_or_none, wait_idle
+from tests.ui_setup import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, build_ui_home, sample_index_or_none, wait_idle
 
 
 def _get(url: str, timeout: float = 2.0) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as r:
-        body = r.read()
-    return json.loads(body) if body[:1] in (b"{", b"[") else {"status": r.status}
+        return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
@@ -28,32 +23,8 @@ def both(tiny_model_dir, tmp_path_factory, request):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); the browser test needs it")
     root = tmp_path_factory.mktemp("ui-api")
     env = build_ui_home(tiny_model_dir, root, sample_index_or_none(request))
-    ui_port, api_port = free_port(), free_port()
-    log = open(root / "ui-api.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "ui", "--no-build", "--port", str(ui_port), "--api",
-                             "--api-port", str(api_port)], env={**os.environ, **env}, stdout=log,
-                            stderr=subprocess.STDOUT)
-    ui, api = f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, (root / "ui-api.log").read_text()[-2000:]
-            try:
-                _get(f"{ui}/_stcore/health")
-                _get(f"{api}/health")
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise TimeoutError((root / "ui-api.log").read_text()[-2000:])
-        yield ui, api
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with StreamlitServer(env, log=root / "ui-api.log", api=True) as srv:
+        yield srv.url, srv.api
 
 
 def test_ui_and_api_share_one_scheduler(both):

@@ -66,11 +66,13 @@ def free_port() -> int:
 
 
 class StreamlitServer:
-    """`streamlit run app/ui/Home.py` in a subprocess on a free port; a context manager."""
+    """`streamlit run app/ui/Home.py` in a subprocess on a free port; a context manager. With `api=True` it is
+    `loracle ui --api` instead: the UI plus the OpenAI-compatible API (at `self.api`) in one process."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None, log: Path | None = None):
+    def __init__(self, env: dict[str, str], port: int | None = None, log: Path | None = None, api: bool = False):
         self.env, self.port, self.log = env, port or free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
+        self.api = f"http://127.0.0.1:{free_port()}" if api else None
 
     def __enter__(self) -> "StreamlitServer":
         import os
@@ -81,23 +83,29 @@ class StreamlitServer:
 
         home = Path(__file__).resolve().parents[1] / "app" / "ui" / "Home.py"
         self._out = open(self.log, "wb") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(home), "--server.headless=true",
-             f"--server.port={self.port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none", "--client.toolbarMode=viewer"],
-            env={**os.environ, **self.env}, stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 90
+        if self.api:
+            cmd = [sys.executable, "-m", "app.cli", "ui", "--no-build", "--port", str(self.port), "--api",
+                   "--api-port", self.api.rsplit(":", 1)[1]]
+        else:
+            cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.headless=true",
+                   f"--server.port={self.port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
+                   "--server.fileWatcherType=none", "--client.toolbarMode=viewer"]
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=self._out, stderr=subprocess.STDOUT)
+        health = [f"{self.url}/_stcore/health"] + ([f"{self.api}/health"] if self.api else [])
+        wait_s = 120 if self.api else 90
+        deadline = time.time() + wait_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"streamlit exited with code {self.proc.returncode}; see {self.log}")
             try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
+                for url in health:
+                    with urllib.request.urlopen(url, timeout=2):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.5)
         self.__exit__()
-        raise TimeoutError(f"streamlit did not answer on {self.url} within 90 s; see {self.log}")
+        raise TimeoutError(f"{' and '.join(health)} did not answer within {wait_s} s; see {self.log}")
 
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
