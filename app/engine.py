@@ -315,7 +315,7 @@ class Engine:
         return answer
 
     def _record(self, p: _Prepared, answer: Answer) -> None:
-        """Audit log row; a failing log never fails the answer (the failure is logged and kept in warnings)."""
+        """Audit log row; a failing log never fails the answer (the failure goes to the "loracle.engine" log)."""
         if not self.audit.enabled:
             return
         try:
