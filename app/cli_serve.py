@@ -66,6 +66,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         if config.index == DEFAULT_INDEX:
             print("checking the default index (built once from data/pubmedqa when missing)...", flush=True)
             ensure_default_index()
+        from app.jobs import build_missing_indexes
+
+        for job in build_missing_indexes():
+            print(f"{job.title}: started in the background (the other indexes answer meanwhile)", flush=True)
     engine = Engine(config)
     for warning in engine.warnings:
         print(f"warning: {warning}", flush=True)

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_ui)
 
 
+BUILD_ENV = "LORACLE_BUILD_INDEXES"
+
+
 def _run_ui(args: argparse.Namespace) -> int:
     from ingest.pipeline import ensure_default_index
     from ingest.safety import SafetyLimits
@@ -39,6 +42,8 @@ def _run_ui(args: argparse.Namespace) -> int:
         print("checking the default index (built once from data/pubmedqa when missing)...", flush=True)
         ensure_default_index()
     env = dict(os.environ)
+    if not args.no_build:
+        env[BUILD_ENV] = "1"  # the UI process builds the other shipped indexes in the background
     if args.index:
         env["LORACLE_INDEX"] = args.index
     home = Path(__file__).resolve().parent / "ui" / "Home.py"

@@ -179,6 +179,7 @@ class TrainConfig:
     no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
     k: int = 3
     passage_chars: int | None = None  # characters kept per passage; None: whole chunks (app.prompts.PASSAGE_CHARS)
+    answer_tokens: int | None = None  # generation budget the card asks for at answer time; None: the engine's
     seed: int = 0
     limit: int | None = None  # use only the first N items of the data file
     parent: str | None = None  # adapter to continue training from (name in the registry)
@@ -201,6 +202,7 @@ class TrainConfig:
         "gold_fraction": "share of passage-carrying examples that include the gold document",
         "no_passage_fraction": "share of examples with no passages (plain template)",
         "k": "passages per training prompt (and the adapter's answer-time k)",
+        "answer_tokens": "new tokens per answer the adapter's card asks for (long answers need more; default: the engine's)",
         "passage_chars": "characters kept per passage (default: whole chunks)",
         "limit": "use only the first N items",
         "parent": "continue training from this registered adapter",

@@ -261,7 +261,16 @@ class Engine:
 
             questions = list(dict.fromkeys(p.request.question for p in items))
             t0 = time.perf_counter()
-            results = get_retriever(index, hybrid=self.config.hybrid).search_many(questions, k)
+            try:
+                retriever = get_retriever(index, hybrid=self.config.hybrid)
+            except FileNotFoundError:
+                if not all(p.settings["source"]["index"].startswith("adapter ") for p in items):
+                    raise  # an index the user or the config named: the error says how to build it
+                for p in items:  # the adapter card's index, not built yet (e.g. the background build of medquad)
+                    p.notes.append(f"index '{index}' (named by adapter {p.adapter.ref.label}) is not built yet; "
+                                   f"answered without passages")
+                continue
+            results = retriever.search_many(questions, k)
             took = (time.perf_counter() - t0) / len(items)
             by_q = dict(zip(questions, results))
             for p in items:
@@ -275,7 +284,8 @@ class Engine:
             if i in routes:  # adapter="auto": the closest adapter, or none (base model) when none is close
                 r = replace(r, adapter=routes[i].adapter)
             adapter, note = self._adapter_for(r.adapter)
-            p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or self.config.max_new_tokens,
+            card_tokens = (adapter.settings.get("max_new_tokens") if adapter else None)
+            p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or card_tokens or self.config.max_new_tokens,
                           settings=self._settings(r, adapter), route=routes.get(i), notes=[note] if note else [])
             self._decision_plan(p)
             preps.append(p)

@@ -34,7 +34,8 @@ from app.types import MODES
 from app.verdict import verdict
 
 FEWSHOT = "fewshot"  # evaluation-only mode: the base model with N labelled examples in the prompt
-EVAL_MODES = (*MODES, FEWSHOT)
+TOP1 = "top1"  # evaluation-only baseline: the top retrieved passage itself as the answer (no generation)
+EVAL_MODES = (*MODES, FEWSHOT, TOP1)
 
 RESULTS_FILE, SUMMARY_JSON, SUMMARY_MD = "results.jsonl", "summary.json", "summary.md"
 
@@ -139,6 +140,21 @@ def _run_batch(engine, plan: _Plan, pairs, split_by_retrieval: bool, max_new_tok
     return {(it.id, m): ans for (it, m), ans in zip((p for g in groups for p in g), answers, strict=True)}
 
 
+def _top1(items, modes, done) -> dict:
+    """The top1 baseline's answers: the first passage of the question's lora+rag (else rag) answer, as is."""
+    from dataclasses import replace
+
+    source = "lora+rag" if "lora+rag" in modes else "rag"
+    out = {}
+    for item in items:
+        ans = done[(item.id, source)]
+        top = ans.passages[:1]
+        out[(item.id, TOP1)] = replace(ans, text=top[0].chunk.text if top else "", mode=TOP1, passages=top,
+                                       citations=[], decision=None, notes=[],
+                                       timings={"retrieval_s": ans.timings.get("retrieval_s", 0.0)})
+    return out
+
+
 def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adapter: str | None = None,
              index: str | None = None, k: int | None = None, progress: Callable[[int, int], None] | None = None, *,
              max_new_tokens: int | None = None, questions_per_batch: int = 1, split_by_retrieval: bool = True,
@@ -156,6 +172,8 @@ def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adap
     modes = parse_modes(modes)
     if decisions not in ("scored", "free", "both"):
         raise ValueError(f"decisions={decisions!r}: choose scored, free or both")
+    if TOP1 in modes and not any(m.endswith("rag") for m in modes):
+        raise ValueError("the top1 baseline reuses a rag mode's retrieval: add rag or lora+rag to the modes")
     if FEWSHOT in modes and not few_shot:
         raise ValueError("the fewshot mode needs examples: pass --few-shot N --few-shot-data FILE")
     if any(m.startswith("lora") for m in modes):
@@ -169,14 +187,18 @@ def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adap
     total = len(items) * len(modes)
     for lo in range(0, len(items), max(1, questions_per_batch)):
         chunk = items[lo:lo + max(1, questions_per_batch)]
-        pairs = [(item, mode) for item in chunk for mode in modes]
+        pairs = [(item, mode) for item in chunk for mode in modes if mode != TOP1]
         done = _run_batch(engine, plan, pairs, split_by_retrieval, max_new_tokens, decisions != "free")
         free = _run_batch(engine, plan, pairs, split_by_retrieval, max_new_tokens, False) \
             if decisions == "both" else {}
+        if TOP1 in modes:
+            done.update(_top1(chunk, modes, done))
+            pairs = [(item, mode) for item in chunk for mode in modes]
         batch_rows = [_row(item, mode, done[(item.id, mode)], free.get((item.id, mode))) for item, mode in pairs]
-        if judge is not None:
-            scores = judge.score_many([(done[(it.id, m)].text, done[(it.id, m)].passages) for it, m in pairs])
-            for row, score in zip(batch_rows, scores):
+        if judge is not None:  # the top1 baseline is its own passage: nothing to judge
+            judged = [(row, it, m) for row, (it, m) in zip(batch_rows, pairs) if m != TOP1]
+            scores = judge.score_many([(done[(it.id, m)].text, done[(it.id, m)].passages) for _, it, m in judged])
+            for (row, _, _), score in zip(judged, scores):
                 row["faithfulness"] = score
         rows.extend(batch_rows)
         if progress:
@@ -340,6 +362,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
                                  f"this run has {want!r}; use another --out")
         ids = {it.id for it in items}
         kept = [m for m in modes if ids <= {r["id"] for r in prev.rows if r["mode"] == m}]
+        if TOP1 in modes and TOP1 not in kept:  # top1 reads the passages of a rag mode run alongside it
+            kept = [m for m in kept if not m.endswith("rag")]
     todo = [m for m in modes if m not in kept]
     if todo:
         engine = engine or make_engine(cfg)

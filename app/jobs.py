@@ -135,3 +135,29 @@ def runner() -> JobRunner:
         if _RUNNER is None:
             _RUNNER = JobRunner()
         return _RUNNER
+
+
+def build_missing_indexes() -> list[Job]:
+    """Start a background ingest job for each shipped index that is not built yet (`loracle ui` and
+    `loracle serve` call this after the default index is ready, so nothing waits for it). An index whose
+    writer lock another process holds is left to that process; a job already running is not started twice."""
+    from ingest.folders import IndexLockedError, index_path, writer_lock
+    from ingest.pipeline import build_shipped_index, missing_shipped_indexes
+
+    started = []
+    for name in missing_shipped_indexes():
+        title = f"build shipped index '{name}'"
+        if any(j.title == title for j in runner().active("ingest")):
+            continue
+        try:
+            with writer_lock(index_path(name)):
+                pass
+        except IndexLockedError:
+            continue
+
+        def job(report, name=name):
+            return build_shipped_index(name, progress=lambda done, total, *a: report.steps(
+                done, total, f"{done}/{total} documents"))
+
+        started.append(runner().submit("ingest", title, job))
+    return started

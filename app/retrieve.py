@@ -65,7 +65,7 @@ class Retriever:
             return []
         with self._lock:
             wide = max(k, self.candidates) if (self.hybrid or self._reranker) else k
-            scores, ids = self.index.search(self.embedder.encode(list(queries)), wide)
+            scores, ids = self.index.search(self.embedder.encode_queries(list(queries)), wide)
             ranked = [[(int(i), float(s)) for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(ids, scores)]
             if self.hybrid:
                 ranked = [_rrf([dense, sparse]) for dense, sparse in zip(ranked, self.bm25_search(queries, wide))]

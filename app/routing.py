@@ -238,7 +238,7 @@ class Router:
         import numpy as np
 
         emb = _embedder(self._embedder, self._embedder_name)
-        q = np.asarray(emb.encode(list(questions)), dtype="float32")
+        q = np.asarray(emb.encode_queries(list(questions)), dtype="float32")
         return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
 
     def scores(self, questions: list[str]):

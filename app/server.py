@@ -273,9 +273,10 @@ def question_and_examples(messages: list[ChatMessage]) -> tuple[str, list[tuple[
     return question, examples
 
 
-def _max_tokens(asked: int | None, default: int, limit: int, name: str = "max_tokens") -> int:
+def _max_tokens(asked: int | None, default: int | None, limit: int, name: str = "max_tokens") -> int | None:
+    """The budget asked for, within the limit; unasked: `default` (None: the adapter card's, else the engine's)."""
     if asked is None:
-        return min(default, limit)
+        return None if default is None else min(default, limit)
     if asked > limit:
         raise ApiError(400, f"{name} {asked} is over this server's limit of {limit}: ask for at most {limit} "
                        f"(the limit is `loracle serve --max-tokens-limit`)", param=name)
@@ -529,8 +530,7 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
         target = resolve_model(engine, body.model, body.index)
         question, examples = question_and_examples(body.messages)
         name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        max_new = _max_tokens(body.max_completion_tokens or body.max_tokens, engine.config.max_new_tokens, limit,
-                              name)
+        max_new = _max_tokens(body.max_completion_tokens or body.max_tokens, None, limit, name)
         options = {k: v for k, v in dict(k=body.k, index=target.index, decide=body.decide, examples=examples or None,
                                          passage_chars=body.passage_chars, max_new_tokens=max_new,
                                          origin="api").items()

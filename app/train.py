@@ -304,7 +304,8 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
                       "examples_with_gold": sum(1 for e in train_ex if e.gold)} if config.retrieval_aware else None,
         # what the engine uses at answer time when this adapter is on (unless the user overrides it)
         "answer_settings": {"k": config.k, "passage_chars": config.passage_chars, "template": None,
-                            "index": str(config.index)} if config.retrieval_aware else None,
+                            "index": str(config.index), "max_new_tokens": config.answer_tokens}
+        if config.retrieval_aware else ({"max_new_tokens": config.answer_tokens} if config.answer_tokens else None),
         "loss_curve": [list(p) for p in result.train_curve],
         "val_loss_curve": [list(p) for p in result.val_curve],
         "training_time_s": result.seconds,

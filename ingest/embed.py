@@ -6,6 +6,7 @@ The default name "all-MiniLM-L6-v2" resolves to the copy shipped in the PyPI pac
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,8 +47,32 @@ class Embedder:
                                      convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype="float32")
 
+    def encode_queries(self, texts: list[str]):
+        """encode() with a per-process cache of recent query texts: one question routed (adapter="auto") and
+        then searched, or searched in several indexes, is embedded once."""
+        import numpy as np
+
+        if not texts:
+            return self.encode([])
+        with _CACHE_LOCK:
+            cache = _QUERY_CACHE.setdefault(self.name, OrderedDict())
+            found = {t: cache[t] for t in texts if t in cache}
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            found.update(zip(missing, self.encode(missing)))
+        with _CACHE_LOCK:
+            for text in texts:
+                cache[text] = found[text]
+                cache.move_to_end(text)
+            while len(cache) > QUERY_CACHE_SIZE:
+                cache.popitem(last=False)
+        return np.stack([found[t] for t in texts])
+
 
 SMALL_BATCH = 8
+QUERY_CACHE_SIZE = 2048
+_QUERY_CACHE: dict[str, OrderedDict] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 @contextmanager

@@ -149,3 +149,19 @@ def test_cli_calibrate_stores_base_offsets_and_refuses_an_adapters_training_item
     assert set(stored[engine.info.name]["base"]) == set(OPTIONS)
     assert main(args + ["--modes", "lora", "--adapter", "beta"]) == 2  # trained on this file, no held-out ids
     assert "held-out" in capsys.readouterr().err
+
+
+def test_card_generation_budget_and_a_missing_card_index(setup):
+    """A card's max_new_tokens applies unless the request sets one; the card's index not built yet (e.g. the
+    background build of medquad) answers without passages and says so, while an index the user names must exist."""
+    engine, d = setup
+    card = card_for(d / "base",
+                    answer_settings={"k": 2, "index": "not-built-yet", "max_new_tokens": 3})
+    registry.install(make_adapter(d / "base", d / "staging-beta", seed=4), "beta", card, d / "adapters")
+    q = "How is asthma treated in children?"
+    ans = engine.answer(q, adapter="beta", retrieval=True, decide=False)
+    assert ans.timings["new_tokens"] <= 3 and not ans.passages
+    assert any("'not-built-yet'" in n and "not built yet" in n for n in ans.notes)
+    assert engine.answer(q, adapter="beta", decide=False, max_new_tokens=5).timings["new_tokens"] > 3
+    with pytest.raises(FileNotFoundError, match="loracle ingest"):
+        engine.answer(q, adapter="beta", retrieval=True, index="not-built-yet", decide=False)

@@ -303,3 +303,31 @@ def test_few_shot_examples_are_balanced_and_never_from_the_evaluated_set(tmp_pat
     assert sorted(a.split(".")[0] for _, a in shots) == ["Maybe", "No", "Yes"]
     with pytest.raises(ValueError, match="overlap the evaluated questions"):
         few_shot_examples(str(pool), 3, [QAItem("p1", "Is P1?")])
+
+
+def test_top1_baseline_is_the_first_retrieved_passage(registry_root, tiny_model_dir, sample_index, tmp_path,
+                                                       monkeypatch, shared_data, capsys):
+    """The extractive baseline: the top retrieved passage as the answer, scored by ROUGE-L beside the modes."""
+    from app.cli import main
+
+    monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
+    out = tmp_path / "run"
+    argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--index", str(sample_index), "-k", "2",
+            "--limit", "2", "--max-new-tokens", "2", "--base-model", str(tiny_model_dir), "--out", str(out),
+            "--n-resamples", "50"]
+    assert main(argv + ["--modes", "base,rag"]) == 0
+    assert main(argv + ["--modes", "base,rag,top1", "--resume"]) == 0  # rag runs again: top1 needs its passages
+    rows = {(r["id"], r["mode"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    ids = {i for i, _ in rows}
+    assert len(ids) == 2
+    from app.retrieve import get_retriever
+
+    for i in ids:
+        top, rag = rows[(i, "top1")], rows[(i, "rag")]
+        assert top["retrieved_chunk_ids"] == rag["retrieved_chunk_ids"][:1]
+        assert top["answer"] == get_retriever(str(sample_index)).search(top["question"], 1)[0].chunk.text
+        assert top["answer"] and top["decision"] is None and 0 < top["rouge_l"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert "rouge_l" in summary["metrics"]["top1"]
+    assert main(argv + ["--modes", "base,top1", "--out", str(tmp_path / "other")]) != 0
+    assert "top1 baseline reuses a rag mode" in capsys.readouterr().err

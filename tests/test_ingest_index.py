@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,30 @@ def test_auto_index_type_goes_ivf_past_the_threshold_and_back(tmp_path, monkeypa
     reopened = Index.open(tmp_path / "ix")
     assert len(reopened) == 50 and reopened.manifest["counts"] == {"documents": 5, "chunks": 50}
     reopened.close()
+
+
+def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path, monkeypatch):
+    """`loracle ui` / `serve` start a job per shipped index not built yet (medquad); a running build (its writer
+    lock held elsewhere) is not started twice, and a built one is not rebuilt."""
+    from app.jobs import build_missing_indexes, runner
+    from ingest.folders import writer_lock
+    from ingest.pipeline import missing_shipped_indexes
+
+    monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
+    monkeypatch.setenv("LORACLE_HOME", str(tmp_path / "home"))
+    assert missing_shipped_indexes() == []  # no corpus here: nothing to build
+    corpus = tmp_path / "home" / "data" / "medquad" / "corpus.jsonl"
+    corpus.parent.mkdir(parents=True)
+    shutil.copy(shared_data / "sample" / "medquad" / "corpus.jsonl", corpus)
+    assert missing_shipped_indexes() == ["medquad"]
+    with writer_lock(tmp_path / "indexes" / "medquad"):
+        assert build_missing_indexes() == []
+    [job] = build_missing_indexes()
+    deadline = time.time() + 120
+    while runner().get(job.id).active and time.time() < deadline:
+        time.sleep(0.2)
+    job = runner().get(job.id)
+    assert job.status == "done", job.error
+    assert job.progress == 1.0 and job.result.added and missing_shipped_indexes() == []
+    assert len(Index.open("medquad")) > 0
+    assert build_missing_indexes() == []

@@ -38,8 +38,21 @@ def get_engine():
     return shared() or Engine(engine_config())  # `loracle ui --api`: the API's engine, one queue for both
 
 
+@st.cache_resource(show_spinner=False)
+def start_background_builds() -> list[str]:
+    """Once per server process started by `loracle ui`: build the missing shipped indexes (e.g. medquad) as
+    background jobs; their progress shows on Home and Documents."""
+    import os
+
+    from app.cli_ui import BUILD_ENV
+    from app.jobs import build_missing_indexes
+
+    return [job.title for job in build_missing_indexes()] if os.environ.get(BUILD_ENV) == "1" else []
+
+
 def engine_or_stop():
     """The shared engine, or a readable error and a stopped page when it cannot load."""
+    start_background_builds()
     try:
         return get_engine()
     except Exception as exc:  # noqa: BLE001 - shown to the user, not raised
