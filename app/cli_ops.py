@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name", help="adapter name")
     q.add_argument("--modes", default="base,lora,rag,lora+rag", help="comma-separated modes")
     q.add_argument("--index", default=None, help="index for the rag modes (default: the adapter's, else pubmedqa)")
+    q.add_argument("--templates", default="research", choices=("research", "consumer"),
+                   help="question templates: research (PubMedQA-style) or consumer (MedQuAD-style consumer health)")
     q.add_argument("--base-model", default=None, help="base model spec (default smollm2-135m-instruct)")
     q.add_argument("--root", default=None, help=_ROOT_HELP)
     q.add_argument("--save", action="store_true", help="store the result in the card (extra.bias_probe)")
@@ -177,14 +179,18 @@ def _run_route_summary(args: argparse.Namespace) -> int:
 
 
 def _run_bias_probe(args: argparse.Namespace) -> int:
-    from app import bias
+    from app import bias, registry
     from app.config import EngineConfig
     from app.engine import Engine
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     engine = Engine(EngineConfig.from_env(base_model=args.base_model, adapters_dir=args.root, adapters=(args.name,)))
-    result = bias.probe(engine, args.name, modes=modes, index=args.index,
+    # every mode retrieves from the same index: the one named, else the adapter's (else the engine's)
+    index = args.index or (registry.get(args.name, args.root).card.answer_settings or {}).get("index")
+    pairs = bias.default_pairs(bias.TEMPLATE_SETS[args.templates])
+    result = bias.probe(engine, args.name, modes=modes, index=index, pairs=pairs,
                         progress=lambda done, total: print(f"\r{done}/{total} answers", end="", file=sys.stderr))
+    result["template_set"] = args.templates
     print(file=sys.stderr)
     if args.save:
         info = bias.record(args.name, result, args.root)

@@ -22,6 +22,8 @@ def setup(tiny_model_dir, tmp_path_factory):
 def test_default_pairs_cover_every_template_and_dimension():
     pairs = bias.default_pairs()
     assert len(bias.TEMPLATES) == 20 and len(pairs) == 20 * (1 + 1 + 6)
+    consumer = bias.default_pairs(bias.CONSUMER_TEMPLATES)
+    assert len(consumer) == 160 and all("{group}" in t for t in bias.CONSUMER_TEMPLATES)
     assert {p.dimension for p in pairs} == {"sex", "age", "ethnicity"}
     p = pairs[0]
     assert (p.a, p.b) == ("Does aspirin reduce mortality in men with heart failure?",
@@ -70,3 +72,19 @@ def test_lora_modes_need_an_adapter(setup):
         bias.probe(setup[0], None, modes=("lora",), pairs=bias.default_pairs()[:1])
     with pytest.raises(ValueError, match="unknown mode"):
         bias.probe(setup[0], "med", modes=("fewshot",), pairs=bias.default_pairs()[:1])
+
+
+def test_cli_probe_with_consumer_templates_uses_the_adapters_index(setup, capsys, monkeypatch):
+    """`loracle ops bias-probe NAME --templates consumer --save`: 160 consumer-health pairs, stored in the card."""
+    import json
+
+    from app.cli import main
+
+    engine, root = setup
+    base = engine.config.base_model
+    assert main(["ops", "bias-probe", "med", "--modes", "base,lora", "--templates", "consumer", "--base-model", base,
+                 "--root", str(root), "--save", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["template_set"] == "consumer" and result["pairs"] == 160
+    assert set(result["modes"]) == {"base", "lora"}
+    assert registry.get("med", root).card.extra["bias_probe"]["template_set"] == "consumer"
