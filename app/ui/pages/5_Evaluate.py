@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.jobs import runner
-from app.evaluate import EVAL_MODES, FEWSHOT
+from app.evaluate import EVAL_MODES, FEWSHOT, TOP1
 from app.types import MODES
 from app.ui import state
 
@@ -19,22 +19,29 @@ st.caption("Run a question set through the modes you pick; compare accuracy, ret
 engine = state.engine_or_stop()
 
 
-def bundled_dev_set() -> Path | None:
+def bundled_dev_sets() -> dict[str, Path]:
+    """The dev sets shipped under data/: label -> path."""
     from ingest.config import home
 
-    for path in (home() / "data" / "pubmedqa" / "dev.jsonl", Path(__file__).resolve().parents[3] / "data" / "pubmedqa" / "dev.jsonl"):
-        if path.exists():
-            return path
-    return None
+    sets = {"Bundled PubMedQA dev set": "data/pubmedqa/dev.jsonl", "Bundled MedQuAD dev set": "data/medquad/qa_dev.jsonl"}
+    out = {}
+    for label, rel in sets.items():
+        for root in (home(), Path(__file__).resolve().parents[3]):
+            if (root / rel).exists():
+                out[label] = root / rel
+                break
+    return out
 
 
-bundled = bundled_dev_set()
-choices = (["Bundled PubMedQA dev set"] if bundled else []) + ["Upload JSONL"]
+bundled = bundled_dev_sets()
+choices = list(bundled) + ["Upload JSONL"]
 with st.form("eval_form"):
     source = st.radio("Question set", choices, key="eval_source", horizontal=True)
     upload = st.file_uploader("QA JSONL ({id, question, final_decision?, context_doc_id?, long_answer?} per line)",
                               type=["jsonl"], key="eval_upload")
-    modes = st.multiselect("Modes", list(MODES), default=list(MODES), key="eval_modes")
+    modes = st.multiselect("Modes", [*MODES, TOP1], default=list(MODES), key="eval_modes",
+                           help="top1: the top retrieved passage itself as the answer (an extractive baseline for "
+                                "free-text answers; needs rag or lora+rag)")
     c1, c2, c3, c4 = st.columns(4)
     with c1:
         adapter = state.adapter_picker("eval_adapter", allow_off=False, label="Adapter (LoRA modes)")
@@ -95,7 +102,7 @@ if submitted:
 
             load_questions(path, limit=1)  # a bad file fails here, in the page, not in the background
         else:
-            path = bundled
+            path = bundled[source]
         shots_path = None
         if few_shot:
             if shots_upload is None:
