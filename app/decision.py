@@ -68,6 +68,16 @@ def decide(logprobs: dict[str, float], offsets: dict[str, float] | None = None,
                     {k: round(v, 4) for k, v in logprobs.items()})
 
 
+def choose(logits, ids: dict[str, int], offsets: dict[str, float] | None = None) -> tuple[dict[str, float], int]:
+    """From one row of next-token logits: the options' log-probs (over the whole vocabulary) and the token id
+    of the option chosen after `offsets`."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    logprobs = {k: float(logp[i]) for k, i in ids.items()}
+    return logprobs, ids[decide(logprobs, offsets).label]
+
+
 class DecisionProcessor:
     """A transformers LogitsProcessor: at the first generated position it records the options' log-probs for
     the rows that want a decision and allows only the chosen option's token there; later steps pass through.
@@ -83,15 +93,11 @@ class DecisionProcessor:
     def __call__(self, input_ids, scores):
         if self._done or not any(r is not None for r in self.rows):
             return scores
-        import torch
-
         self._done = True
-        logp = torch.log_softmax(scores.float(), dim=-1)
         for r, offsets in enumerate(self.rows):
             if offsets is None:
                 continue
-            self.logprobs[r] = {k: float(logp[r, i]) for k, i in self.ids.items()}
-            chosen = self.ids[decide(self.logprobs[r], offsets).label]
+            self.logprobs[r], chosen = choose(scores[r], self.ids, offsets)
             keep = scores[r, chosen].clone()
             scores[r] = float("-inf")
             scores[r, chosen] = keep

@@ -248,22 +248,19 @@ class Scheduler:
         then greedy; stream the new text; finish the row at eos or its token budget."""
         import torch
 
-        from app.decision import decide, option_ids
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        from app.decision import choose, option_ids
 
         backend, item = self.backend, row.item
-        if not row.generated and item.decide is not None:
+        if not row.generated and item.decide is not None:  # as app.decision.DecisionProcessor does in generate()
             if backend._option_ids is None:
                 backend._option_ids = option_ids(backend.tokenizer)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            row.logprobs = {k: float(logp[i]) for k, i in backend._option_ids.items()}
-            token = backend._option_ids[decide(row.logprobs, item.decide).label]
+            row.logprobs, token = choose(logits, backend._option_ids, item.decide)
         else:
-            if backend.repetition_penalty != 1.0:
-                seen = torch.tensor(row.prompt + row.generated)
-                score = logits[seen]
-                logits = logits.clone()
-                logits[seen] = torch.where(score < 0, score * backend.repetition_penalty,
-                                           score / backend.repetition_penalty)
+            if backend.repetition_penalty != 1.0:  # the same processor generate() applies
+                seen = torch.tensor([row.prompt + row.generated])
+                logits = RepetitionPenaltyLogitsProcessor(backend.repetition_penalty)(seen, logits[None])[0]
             if backend.force_length:
                 logits = logits.clone()
                 logits[backend.eos] = float("-inf")
