@@ -319,7 +319,8 @@ class Engine:
         answer = Answer(text=gen.text, mode=mode_of(p.adapter.ref.key if p.adapter else None, bool(p.passages)),
                         adapter=p.adapter.ref.label if p.adapter else None, passages=p.passages,
                         citations=prompts.parse_citations(gen.text, p.passages), timings=timings,
-                        question=p.request.question, decision=self._decision(p, gen), settings=p.settings,
+                        question=p.request.question, decision=self._decision(p, gen),
+                        settings={**p.settings, "max_new_tokens": p.max_new_tokens},
                         route=route, notes=list(p.notes))
         self._record(p, answer)
         return answer

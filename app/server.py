@@ -307,8 +307,9 @@ def _usage(answer) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new}
 
 
-def _finish_reason(answer, max_new: int) -> str:
-    return "length" if int(answer.timings.get("new_tokens", 0) or 0) >= max_new else "stop"
+def _finish_reason(answer) -> str:
+    budget = (answer.settings or {}).get("max_new_tokens")
+    return "length" if budget and int(answer.timings.get("new_tokens", 0) or 0) >= budget else "stop"
 
 
 def _next(gen):
@@ -460,8 +461,7 @@ def _prompts(prompt) -> list[str | list[int]]:
     return items
 
 
-async def _chat_events(gen, first, cancel: threading.Event, request: Request, head: dict, max_new: int,
-                       include_usage: bool):
+async def _chat_events(gen, first, cancel: threading.Event, request: Request, head: dict, include_usage: bool):
     """SSE data lines: a role chunk, content chunks, a last chunk with finish_reason and the `loracle` field,
     an optional usage chunk, then [DONE]. When the client goes away, `cancel` stops the engine's row."""
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -485,7 +485,7 @@ async def _chat_events(gen, first, cancel: threading.Event, request: Request, he
             raise ApiError(500, "the engine's stream ended without a final answer", "server_error")
         if len(answer.text) > len(sent) and answer.text.startswith(sent):  # keep the streamed text == the answer
             yield chunk({"content": answer.text[len(sent):]})
-        yield chunk({}, _finish_reason(answer, max_new), loracle=loracle_extension(answer))
+        yield chunk({}, _finish_reason(answer), loracle=loracle_extension(answer))
         if include_usage:
             yield json.dumps({**head, "choices": [], "usage": _usage(answer)})
         done = True
@@ -540,7 +540,7 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
             answer = await _engine_call(engine.answer, question, target.adapter, target.retrieval, **options)
             return {**head, "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                                 "logprobs": None, "finish_reason": _finish_reason(answer, max_new)}],
+                                 "logprobs": None, "finish_reason": _finish_reason(answer)}],
                     "usage": _usage(answer), "loracle": loracle_extension(answer)}
         cancel = threading.Event()
         kwargs = {**options, "cancel": cancel}
@@ -553,8 +553,7 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
                 await run_in_threadpool(gen.close)
             raise
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        events = _chat_events(gen, first, cancel, request, {**head, "object": "chat.completion.chunk"}, max_new,
-                              include_usage)
+        events = _chat_events(gen, first, cancel, request, {**head, "object": "chat.completion.chunk"}, include_usage)
         return EventSourceResponse(events, ping=15)
 
     @app.post("/v1/completions")

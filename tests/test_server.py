@@ -137,6 +137,13 @@ def test_extension_fields_and_history(served):
     direct = served.engine.answer(QUESTION, None, True, k=1, decide=False, passage_chars=80, max_new_tokens=4,
                                   examples=[("Is the sky blue?", "Yes.")])
     assert r.json()["choices"][0]["message"]["content"] == direct.text
+    # no max_tokens: the adapter card's budget, else the engine's; finish_reason follows that budget
+    del body["max_tokens"]
+    r = httpx.post(served.url + "/v1/chat/completions", json=body, timeout=120)
+    out = r.json()
+    assert out["loracle"]["settings"]["max_new_tokens"] == served.engine.config.max_new_tokens
+    assert out["choices"][0]["finish_reason"] == (
+        "length" if out["usage"]["completion_tokens"] >= served.engine.config.max_new_tokens else "stop")
 
 
 def test_auto_routes_and_every_answer_is_audited(served):
