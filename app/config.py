@@ -116,6 +116,7 @@ class EvalConfig:
     few_shot_data: str | None = None  # QA JSONL the examples come from; never the evaluated set
     out: str | None = None  # None -> runs/eval-<UTC time>
     limit: int | None = None
+    sample: int | None = None  # a seeded random sample of N questions (file order kept), after --limit
     max_new_tokens: int = 48  # enough for a decision and a sentence
     questions_per_batch: int = 1  # each batch holds these questions in all their modes
     split_by_retrieval: bool = True  # rows with passages in their own batch (no padding of short prompts)
@@ -139,6 +140,7 @@ class EvalConfig:
         "few_shot_data": "labelled QA JSONL the few-shot examples come from (never the evaluated set)",
         "out": "output folder (default runs/eval-<UTC time>)",
         "limit": "evaluate only the first N questions",
+        "sample": "evaluate a random sample of N questions (seeded by --seed; file order kept)",
         "max_new_tokens": "generation budget per answer",
         "questions_per_batch": "questions per generate() batch, each in all its modes",
         "split_by_retrieval": "rows with passages in a batch of their own (less padding on CPU)",

@@ -341,6 +341,11 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     With `resume`, modes already complete in the output folder (same data, k and max_new_tokens) are kept
     and only the missing modes run; the merged rows are summarised together."""
     items = load_questions(cfg.data, cfg.limit)
+    if cfg.sample and cfg.sample < len(items):
+        import random
+
+        keep = set(random.Random(cfg.seed).sample(range(len(items)), cfg.sample))
+        items = [it for i, it in enumerate(items) if i in keep]
     modes = parse_modes(cfg.modes)
     if cfg.few_shot and not cfg.few_shot_data:
         raise ValueError("--few-shot N needs --few-shot-data FILE (a labelled set other than --data)")

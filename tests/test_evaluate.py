@@ -313,13 +313,14 @@ def test_top1_baseline_is_the_first_retrieved_passage(registry_root, tiny_model_
     monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
     out = tmp_path / "run"
     argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--index", str(sample_index), "-k", "2",
-            "--limit", "2", "--max-new-tokens", "2", "--base-model", str(tiny_model_dir), "--out", str(out),
+            "--sample", "2", "--max-new-tokens", "2", "--base-model", str(tiny_model_dir), "--out", str(out),
             "--n-resamples", "50"]
     assert main(argv + ["--modes", "base,rag"]) == 0
     assert main(argv + ["--modes", "base,rag,top1", "--resume"]) == 0  # rag runs again: top1 needs its passages
     rows = {(r["id"], r["mode"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     ids = {i for i, _ in rows}
-    assert len(ids) == 2
+    first_two = [json.loads(line)["id"] for line in (shared_data / "sample" / "dev.jsonl").read_text().splitlines()[:2]]
+    assert len(ids) == 2 and ids != set(first_two)  # a seeded sample (seed 0), the same one on --resume
     from app.retrieve import get_retriever
 
     for i in ids:
