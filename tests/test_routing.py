@@ -115,3 +115,21 @@ def test_cli_route_summary(reg, tmp_path, capsys):
     assert json.loads((reg / "stars" / "routing.json").read_text())["count"] == 5
     assert main(["adapters", "route-summary", "nope", "--data", str(data), "--root", str(reg)]) == 2
     assert "no adapter 'nope'" in capsys.readouterr().err
+
+
+def test_the_shipped_adapters_route_their_own_kind_of_question():
+    """The two shipped adapters' own summaries: a research yes/no question goes to medical-pubmedqa, a
+    consumer-health question to medical-consumer (whose card names the medquad index), a general one to none."""
+    from tests.conftest import REPO
+
+    root = REPO / "adapters"
+    if not all((root / n / routing.SUMMARY_WEIGHTS).is_file() for n in ("medical-pubmedqa", "medical-consumer")):
+        pytest.skip("the shipped adapters are not in this checkout")
+    router = routing.Router(root, watch=False)
+    got = [r.adapter for r in router.route([
+        "Does preoperative statin therapy reduce atrial fibrillation after cardiac surgery?",
+        "What are the symptoms of gout ?",
+        "What is the best way to learn to play the guitar?"])]
+    assert got == ["medical-pubmedqa", "medical-consumer", None]
+    card = registry.get("medical-consumer", root).card
+    assert card.answer_settings["index"] == "medquad" and card.answer_settings["max_new_tokens"] == 256

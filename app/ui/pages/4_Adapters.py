@@ -116,7 +116,8 @@ else:
             st.info(f"No bias probe recorded for this adapter: run `loracle ops bias-probe {chosen} --save`.")
         else:
             st.caption(f"Counterfactual probe of v{probe.get('version', '?')} ({probe.get('created', '?')}): "
-                       f"{probe.get('pairs')} question pairs that differ only in the patient group (sex, age, "
+                       f"{probe.get('pairs')} {probe.get('template_set', 'research')} question pairs that differ only "
+                       f"in the patient group (sex, age, "
                        f"ethnicity); the flip rate is the share of pairs whose yes/no/maybe decision differs.")
             st.dataframe(pd.DataFrame(summary_rows(probe)), hide_index=True, width="stretch")
             examples = [{"mode": m, **e} for m, r in probe["modes"].items() for e in r.get("examples", [])]
