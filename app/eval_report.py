@@ -38,6 +38,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cell = _fmt(m.get(key), pct)
             if key == "accuracy" and m.get("accuracy_ci_low") is not None:
                 cell += f" [{m['accuracy_ci_low'] * 100:.0f}, {m['accuracy_ci_high'] * 100:.0f}]"
+            elif key in ("rouge_l", "faithfulness") and m.get(f"{key}_ci_low") is not None:
+                cell += f" [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
             cells.append(cell)
         lines.append(f"| {' | '.join(cells)} |")
     title = (f"Evaluation: {summary.get('n_items')} questions from {summary.get('data') or '(in memory)'}, "
@@ -54,11 +56,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                    "answers without offsets; 'parsed' reads the decision from free generation's text).")
     if summary.get("differences"):
         n = summary.get("n_resamples", 1000)
-        out += ["", f"Accuracy differences (paired bootstrap, {n} resamples, seed {summary.get('seed', 0)}):", "",
-                "| comparison | difference | 95% CI | P(not better) |", "|---|---|---|---|"]
+        out += ["", f"Differences (paired bootstrap, {n} resamples, seed {summary.get('seed', 0)}; accuracy in "
+                    f"points, ROUGE-L as is):", "",
+                "| comparison | metric | difference | 95% CI | P(not better) |", "|---|---|---|---|---|"]
         for d in summary["differences"]:
-            out.append(f"| {d['a']} − {d['b']} | {d['diff'] * 100:+.1f} pts | "
-                       f"[{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}] | {d['p_not_better']:.3f} |")
+            scale, unit, nd = (100, " pts", 1) if d.get("metric", "accuracy") == "accuracy" else (1, "", 3)
+            out.append(f"| {d['a']} − {d['b']} | {d.get('metric', 'accuracy')} | {d['diff'] * scale:+.{nd}f}{unit} | "
+                       f"[{d['ci_low'] * scale:+.{nd}f}, {d['ci_high'] * scale:+.{nd}f}] | {d['p_not_better']:.3f} |")
     return "\n".join(out) + "\n"
 
 

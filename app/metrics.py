@@ -158,6 +158,7 @@ def mode_metrics(rows: list[dict], k: int, n_resamples: int = 1000, seed: int = 
     rouge = [r["rouge_l"] for r in rows if r.get("rouge_l") is not None]
     if rouge:
         out["rouge_l"] = mean(rouge)
+        out["rouge_l_ci_low"], out["rouge_l_ci_high"] = bootstrap_ci(rouge, n_resamples, seed)
     hits = [r["retrieval_hit"] for r in rows if r.get("retrieval_hit") is not None]
     if hits:
         out[f"recall@{k}"] = mean(float(h) for h in hits)
@@ -169,6 +170,7 @@ def mode_metrics(rows: list[dict], k: int, n_resamples: int = 1000, seed: int = 
     faith = [r["faithfulness"] for r in rows if r.get("faithfulness") is not None]
     if faith:
         out["faithfulness"] = mean(faith)
+        out["faithfulness_ci_low"], out["faithfulness_ci_high"] = bootstrap_ci(faith, n_resamples, seed)
     tokens = [r["timings"].get("prompt_tokens") for r in rows if (r.get("timings") or {}).get("prompt_tokens")]
     if tokens:
         out["prompt_tokens_mean"] = mean(tokens)
@@ -181,21 +183,25 @@ def mode_metrics(rows: list[dict], k: int, n_resamples: int = 1000, seed: int = 
 
 def mode_differences(rows: list[dict], modes: Sequence[str], n_resamples: int = 1000,
                      seed: int = 0) -> list[dict[str, Any]]:
-    """Paired bootstrap of accuracy differences for the key mode pairs present (items with gold only)."""
-    correct: dict[str, dict[str, float]] = {}
+    """Paired bootstrap differences for the key mode pairs present: accuracy (items with gold only) and
+    ROUGE-L (items with a reference answer; with the top1 baseline, lora+rag and rag against it too)."""
+    values: dict[str, dict[str, dict[str, float]]] = {"accuracy": {}, "rouge_l": {}}
     for r in rows:
         if r.get("gold"):
-            correct.setdefault(r["mode"], {})[r["id"]] = float(r["decision"] == r["gold"])
+            values["accuracy"].setdefault(r["mode"], {})[r["id"]] = float(r["decision"] == r["gold"])
+        if r.get("rouge_l") is not None:
+            values["rouge_l"].setdefault(r["mode"], {})[r["id"]] = float(r["rouge_l"])
     out = []
-    for better, worse in KEY_DIFFERENCES:
-        if better not in modes or worse not in modes or better not in correct or worse not in correct:
-            continue
-        ids = sorted(set(correct[better]) & set(correct[worse]))
-        if not ids:
-            continue
-        res = paired_bootstrap([correct[better][i] for i in ids], [correct[worse][i] for i in ids],
-                               n_resamples, seed)
-        out.append({"a": better, "b": worse, "metric": "accuracy", **{k: _round(v) for k, v in res.items()}})
+    for metric, by_mode in values.items():
+        for better, worse in (*KEY_DIFFERENCES, ("lora+rag", "top1"), ("rag", "top1")):
+            if better not in modes or worse not in modes or better not in by_mode or worse not in by_mode:
+                continue
+            ids = sorted(set(by_mode[better]) & set(by_mode[worse]))
+            if not ids:
+                continue
+            res = paired_bootstrap([by_mode[better][i] for i in ids], [by_mode[worse][i] for i in ids],
+                                   n_resamples, seed)
+            out.append({"a": better, "b": worse, "metric": metric, **{k: _round(v) for k, v in res.items()}})
     return out
 
 

@@ -86,8 +86,13 @@ def test_summary_differences_and_markdown(tmp_path):
     rows = rows_for("base", ["Yes.", "Yes.", "Yes."]) + rows_for("rag", ["Yes.", "No.", "Maybe."])
     summary = summarize(rows, {"modes": ["base", "rag"], "k": 2, "n_items": 3})
     assert summary["metrics"]["rag"]["accuracy"] == 1.0
-    (diff,) = summary["differences"]
+    (diff,) = [d for d in summary["differences"] if d["metric"] == "accuracy"]
     assert (diff["a"], diff["b"], diff["diff"]) == ("rag", "base", round(2 / 3, 4))
+    rouge = [d for d in summary["differences"] if d["metric"] == "rouge_l"]  # rows with a reference answer
+    assert len(rouge) == 1 and (rouge[0]["a"], rouge[0]["b"]) == ("rag", "base")
+    assert rouge[0]["ci_low"] <= rouge[0]["diff"] <= rouge[0]["ci_high"]
+    m = summary["metrics"]["rag"]
+    assert m["rouge_l_ci_low"] <= m["rouge_l"] <= m["rouge_l_ci_high"]
     paths = write_results(EvalResult(rows, summary), tmp_path / "out")
     assert {p.name for p in paths} == {"results.jsonl", "summary.json", "summary.md", "accuracy.png",
                                        "latency.png", "recall.png"}
