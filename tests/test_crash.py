@@ -112,7 +112,7 @@ class Server:
             raise RuntimeError(f"fork server died (rc {self.proc.poll()})")
         return line
 
-    def run(self, batch: Path | str = "-", kill_after: float | None = None, limit_s: float = 120) -> tuple[bool, float]:
+    def run(self, batch: Path | str = "-", kill_after: float | None = None, limit_s: float = 300) -> tuple[bool, float]:
         """Run one job; SIGKILL it after `kill_after` s. Returns (was killed mid-run, seconds)."""
         self.proc.stdin.write(f"run {batch}\n")
         self.proc.stdin.flush()
