@@ -63,14 +63,17 @@ def default_corpus() -> Path:
 
 # Indexes built from corpora shipped under data/: the default one at start-up, the others in the background
 # (medquad: 5490 documents, about 48k chunks, about 25 minutes on 2 cores; the adapter medical-consumer names it).
-SHIPPED_INDEXES = {DEFAULT_INDEX: "data/pubmedqa/corpus.jsonl", "medquad": "data/medquad/corpus.jsonl"}
+# (medquad's corpus is in two parts: git hosts refuse files over 20 MB)
+SHIPPED_INDEXES = {DEFAULT_INDEX: ("data/pubmedqa/corpus.jsonl",),
+                   "medquad": ("data/medquad/corpus-1.jsonl", "data/medquad/corpus-2.jsonl")}
 
 
 def missing_shipped_indexes() -> list[str]:
     """Shipped indexes (other than the default one) whose corpus is here but whose index is not built."""
     missing = []
     for name, corpus in SHIPPED_INDEXES.items():
-        if name != DEFAULT_INDEX and (home() / corpus).is_file() and not (index_path(name) / "manifest.json").is_file():
+        if name != DEFAULT_INDEX and all((home() / part).is_file() for part in corpus) \
+                and not (index_path(name) / "manifest.json").is_file():
             missing.append(name)
     return missing
 
@@ -79,7 +82,7 @@ def build_shipped_index(name: str, progress: Progress | None = None) -> IngestRe
     """Build one shipped index from its corpus under data/ (see SHIPPED_INDEXES)."""
     if name not in SHIPPED_INDEXES:
         raise ValueError(f"'{name}' is not a shipped index; choose one of {', '.join(SHIPPED_INDEXES)}")
-    return ingest_paths([home() / SHIPPED_INDEXES[name]], index=name, progress=progress)
+    return ingest_paths([home() / part for part in SHIPPED_INDEXES[name]], index=name, progress=progress)
 
 
 def _open(index: str | Path, config: IngestConfig | None) -> tuple[Index, IngestConfig]:

@@ -364,9 +364,12 @@ def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path,
     monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
     monkeypatch.setenv("LORACLE_HOME", str(tmp_path / "home"))
     assert missing_shipped_indexes() == []  # no corpus here: nothing to build
-    corpus = tmp_path / "home" / "data" / "medquad" / "corpus.jsonl"
-    corpus.parent.mkdir(parents=True)
-    shutil.copy(shared_data / "sample" / "medquad" / "corpus.jsonl", corpus)
+    folder = tmp_path / "home" / "data" / "medquad"
+    folder.mkdir(parents=True)
+    lines = (shared_data / "sample" / "medquad" / "corpus.jsonl").read_text().splitlines(keepends=True)
+    (folder / "corpus-1.jsonl").write_text("".join(lines[:2]))
+    assert missing_shipped_indexes() == []  # one part alone: not the shipped corpus
+    (folder / "corpus-2.jsonl").write_text("".join(lines[2:]))
     assert missing_shipped_indexes() == ["medquad"]
     with writer_lock(tmp_path / "indexes" / "medquad"):
         assert build_missing_indexes() == []
