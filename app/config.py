@@ -179,6 +179,7 @@ class TrainConfig:
     index: str = DEFAULT_INDEX
     gold_fraction: float = 0.8  # of the examples with passages, how many include the gold document
     no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
+    resample: bool = False  # draw a fresh passage plan (which items get passages, gold or not, order) each epoch
     k: int = 3
     passage_chars: int | None = None  # characters kept per passage; None: whole chunks (app.prompts.PASSAGE_CHARS)
     answer_tokens: int | None = None  # generation budget the card asks for at answer time; None: the engine's
@@ -203,6 +204,7 @@ class TrainConfig:
         "index": "index the passages come from",
         "gold_fraction": "share of passage-carrying examples that include the gold document",
         "no_passage_fraction": "share of examples with no passages (plain template)",
+        "resample": "draw a fresh passage plan every epoch (which items get passages, gold or distractors, their order)",
         "k": "passages per training prompt (and the adapter's answer-time k)",
         "answer_tokens": "new tokens per answer the adapter's card asks for (long answers need more; default: the engine's)",
         "passage_chars": "characters kept per passage (default: whole chunks)",

@@ -264,7 +264,7 @@ class Engine:
             try:
                 retriever = get_retriever(index, hybrid=self.config.hybrid)
             except FileNotFoundError:
-                if not all(p.settings["source"]["index"].startswith("adapter ") for p in items):
+                if not all(_index_from_card(p) for p in items):
                     raise  # an index the user or the config named: the error says how to build it
                 for p in items:  # the adapter card's index, not built yet (e.g. the background build of medquad)
                     p.notes.append(f"index '{index}' (named by adapter {p.adapter.ref.label}) is not built yet; "
@@ -452,3 +452,8 @@ def _trimmed(deltas) -> Iterator[str]:
         held = delta[len(delta.rstrip()):]
         if delta.rstrip():
             yield delta.rstrip()
+
+
+def _index_from_card(p: _Prepared) -> bool:
+    """True when the index this request searches is the one its adapter card names (no one else asked for it)."""
+    return p.request.index is None and p.adapter is not None and p.adapter.settings.get("index") == p.settings["index"]

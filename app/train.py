@@ -69,14 +69,16 @@ def _trim(p: Passage, chars: int | None) -> Passage:
     return p if chars is None else replace(p, chunk=replace(p.chunk, text=p.chunk.text[:chars]))
 
 
-def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: TrainConfig) -> list[tuple[list[Passage], list[int] | None]]:
+def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: TrainConfig,
+                  epoch: int = 0) -> list[tuple[list[Passage], list[int] | None]]:
     """Per item: the passages its prompt carries and the 1-based positions of the gold document's passages.
 
     RAFT-style: `no_passage_fraction` of the items get no passages; of the others, `gold_fraction` see the
     top-k as retrieval ranks them with the gold document in it (put at a random position when retrieval
-    missed it), the rest only distractors. `retrieved[i]` is a ranked list deeper than k. Seeded.
+    missed it), the rest only distractors. `retrieved[i]` is a ranked list deeper than k. Seeded
+    (by `epoch` too, so `resample` gives each epoch its own plan).
     """
-    rng = random.Random(config.seed + 1)
+    rng = random.Random(config.seed + 1 + 1000 * epoch)
     plan = []
     for item, found in zip(items, retrieved):
         if rng.random() < config.no_passage_fraction:
@@ -138,9 +140,10 @@ def encode(tokenizer, item: dict, passages: list[Passage], gold: list[int] | Non
 
 
 def build_examples(items: list[dict], tokenizer, config: TrainConfig,
-                   retrieved: list[list[Passage]] | None = None, weights: dict | None = None) -> list[Example]:
+                   retrieved: list[list[Passage]] | None = None, weights: dict | None = None,
+                   epoch: int = 0) -> list[Example]:
     weights = weights or class_weights(items, config.class_balance)
-    plan = plan_passages(items, retrieved, config) if retrieved is not None else [([], None)] * len(items)
+    plan = plan_passages(items, retrieved, config, epoch) if retrieved is not None else [([], None)] * len(items)
     return [encode(tokenizer, it, ps, gold, config.max_len,
                    config.decision_weight * weights.get(it.get("final_decision"), 1.0))
             for it, (ps, gold) in zip(items, plan)]
@@ -184,20 +187,24 @@ def evaluate_loss(model, examples: list[Example]) -> float:
     return total / len(examples)
 
 
-def fit(model, train: list[Example], val: list[Example], config: TrainConfig,
+def fit(model, train: list[Example] | list[list[Example]], val: list[Example], config: TrainConfig,
         progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
-    """Optimizer loop: AdamW, warmup + cosine decay, gradient accumulation over single examples."""
+    """Optimizer loop: AdamW, warmup + cosine decay, gradient accumulation over single examples.
+
+    `train` is one list of examples, or one list per epoch (the same items, each epoch's own passages)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
+    variants = train if train and isinstance(train[0], list) else [train]
+    n = len(variants[0])
     rng = random.Random(config.seed)
-    micro = max(1, round(len(train) * config.epochs))
-    order = []
+    micro = max(1, round(n * config.epochs))
+    order: list[Example] = []
     while len(order) < micro:
-        epoch = list(range(len(train)))
+        epoch = list(range(n))
         rng.shuffle(epoch)
-        order += epoch
+        order += [variants[min(len(order) // n, len(variants) - 1)][i] for i in epoch]
     order = order[:micro]
     total = math.ceil(micro / config.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -212,8 +219,8 @@ def fit(model, train: list[Example], val: list[Example], config: TrainConfig,
         for step in range(1, total + 1):
             batch = order[(step - 1) * config.grad_accum: step * config.grad_accum]
             step_loss = 0.0
-            for i in batch:
-                loss = example_loss(model, train[i]) / len(batch)
+            for ex in batch:
+                loss = example_loss(model, ex) / len(batch)
                 loss.backward()
                 step_loss += loss.item()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -358,10 +365,12 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     model, tokenizer, info = models.load(config.base_model)
     train_ret, val_ret = _retrieved_for_splits(items, train_items, val_items, config, retrieved)
     weights = class_weights(train_items, config.class_balance)
-    train_ex = build_examples(train_items, tokenizer, config, train_ret, weights)
+    epochs = math.ceil(config.epochs) if config.resample and train_ret is not None else 1
+    train_ex = [build_examples(train_items, tokenizer, config, train_ret, weights, e) for e in range(epochs)]
     val_ex = build_examples(val_items, tokenizer, config, val_ret, weights)
     model, parent = _wrap(model, info, config, root)
     result = fit(model, train_ex, val_ex, config, progress)
+    train_ex = train_ex[0]
     card = _card(config, info, items, train_items, val_items, train_ex, result, parent)
     return _install(model, info, card, config, root, [str(it["question"]) for it in train_items])
 

@@ -120,6 +120,34 @@ def test_retrieval_aware_prompts_carry_the_gold_passage_in_the_set_fraction(qa_f
             assert "Passages:" not in text and "[" not in answer
 
 
+def test_resample_gives_each_epoch_its_own_passage_plan_and_fit_walks_them_in_order(qa_file, tokenizer,
+                                                                                      sample_index, tiny_model_dir,
+                                                                                      monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from app.retrieve import Retriever
+    from app.train import fit
+
+    items = load_items(qa_file)
+    found = Retriever(sample_index).search_many([it["question"] for it in items], k=12)
+    cfg = TrainConfig(data="", name="x", retrieval_aware=True, gold_fraction=0.5, no_passage_fraction=0.3, k=3,
+                      epochs=2, resample=True, grad_accum=1, lr=1e-3, evals=0, threads=1)
+    first, second = (plan_passages(items, found, cfg, e) for e in (0, 1))
+    assert first == plan_passages(items, found, cfg) and first != second  # epoch 0 = the plan without resample
+    variants = [build_examples(items, tokenizer, cfg, found, epoch=e) for e in (0, 1)]
+    seen = []
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    import app.train as train_module
+
+    real = train_module.example_loss  # a spy on our own loss, to see which example each step trains on
+    monkeypatch.setattr(train_module, "example_loss", lambda m, ex: (seen.append(ex), real(m, ex))[1])
+    fit(model, variants, [], cfg)
+    n = len(items)
+    assert len(seen) == 2 * n
+    assert all(any(ex is v for v in variants[0]) for ex in seen[:n])  # epoch 1 draws from plan 0, epoch 2 from plan 1
+    assert all(any(ex is v for v in variants[1]) for ex in seen[n:])
+
+
 def test_retrieval_aware_training_searches_the_index(qa_file, tiny_model_dir, tmp_path, sample_index):
     cfg = _config(qa_file, tiny_model_dir, tmp_path, epochs=1, retrieval_aware=True, index=str(sample_index),
                   gold_fraction=1.0, no_passage_fraction=0.0, k=2, passage_chars=200)
