@@ -91,7 +91,7 @@ class AdapterCard:
     created: str = ""  # UTC ISO time
     parent: dict | None = None  # {"name", "version"} this version replaced or was trained from
     evals: dict = field(default_factory=dict)  # "v<N>" -> mode -> metrics (+ "run", "differences")
-    answer_settings: dict | None = None  # what it was trained for: {"k", "passage_chars", "template", "index"}
+    answer_settings: dict | None = None  # what it was trained for: {"k", "passage_chars", "template", "index", "chunker"}
     calibration: dict | None = None  # per-mode decision offsets
     extra: dict = field(default_factory=dict)  # keys this version does not know: written back unchanged
 
@@ -152,6 +152,10 @@ def render_readme(card: AdapterCard | dict) -> str:
         lines += ["", "## Answer-time settings", "",
                   f"Trained for k={a.get('k')} passages of {a.get('passage_chars') or 'whole-chunk'} characters "
                   f"from index `{a.get('index')}`; the engine uses these when this adapter is on, unless overridden."]
+        if a.get("chunker"):
+            c = a["chunker"]
+            lines += [f"The index was chunked {c.get('size')}/{c.get('overlap')} {c.get('unit')}s (size/overlap); "
+                      f"answers note it when the index in use is chunked otherwise."]
     if card.calibration:
         lines += ["", "## Decision calibration", ""]
         lines += [f"- {mode}: {json.dumps(off, sort_keys=True)}" for mode, off in card.calibration.items()]

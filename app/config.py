@@ -179,6 +179,7 @@ class TrainConfig:
     index: str = DEFAULT_INDEX
     gold_fraction: float = 0.8  # of the examples with passages, how many include the gold document
     no_passage_fraction: float = 0.3  # examples with the plain template (serves the `lora` mode)
+    conclusion_fraction: float = 0.0  # of the examples with the gold document, how many also show its conclusion
     resample: bool = False  # draw a fresh passage plan (which items get passages, gold or not, order) each epoch
     k: int = 3
     passage_chars: int | None = None  # characters kept per passage; None: whole chunks (app.prompts.PASSAGE_CHARS)
@@ -204,6 +205,8 @@ class TrainConfig:
         "index": "index the passages come from",
         "gold_fraction": "share of passage-carrying examples that include the gold document",
         "no_passage_fraction": "share of examples with no passages (plain template)",
+        "conclusion_fraction": "share of gold-carrying examples that also show the item's conclusion (long_answer) "
+                               "as a passage of the gold document: easy reading examples",
         "resample": "draw a fresh passage plan every epoch (which items get passages, gold or distractors, their order)",
         "k": "passages per training prompt (and the adapter's answer-time k)",
         "answer_tokens": "new tokens per answer the adapter's card asks for (long answers need more; default: the engine's)",
@@ -218,7 +221,7 @@ class TrainConfig:
         from app import registry
 
         registry.check_name(self.name) if self.name else None
-        for key in ("gold_fraction", "no_passage_fraction", "val_fraction", "warmup"):
+        for key in ("gold_fraction", "no_passage_fraction", "conclusion_fraction", "val_fraction", "warmup"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must lie between 0 and 1")
         for key in ("epochs", "lr", "decision_weight"):

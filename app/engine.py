@@ -275,6 +275,9 @@ class Engine:
             by_q = dict(zip(questions, results))
             for p in items:
                 p.passages, p.retrieval_s = list(by_q[p.request.question]), took
+                note = _chunking_note(p, retriever.index)
+                if note:
+                    p.notes.append(note)
 
     def _prepare(self, requests: list[Request]) -> list[_Prepared]:
         preps = []
@@ -457,3 +460,20 @@ def _trimmed(deltas) -> Iterator[str]:
 def _index_from_card(p: _Prepared) -> bool:
     """True when the index this request searches is the one its adapter card names (no one else asked for it)."""
     return p.request.index is None and p.adapter is not None and p.adapter.settings.get("index") == p.settings["index"]
+
+
+def _chunking_note(p: _Prepared, index) -> str | None:
+    """A note when the adapter was trained on passages chunked otherwise than this index's (its card says how):
+    the passages it reads now are not the kind it learnt from."""
+    trained = (p.adapter.settings.get("chunker") if p.adapter else None) or {}
+    if not trained:
+        return None
+    now = index.manifest.get("chunker") or {}
+    keys = ("size", "overlap", "unit")
+    if all(trained.get(k) == now.get(k) for k in keys):
+        return None
+    fmt = "{size}/{overlap} {unit}s".format
+    return (f"adapter {p.adapter.ref.label} was trained on passages chunked {fmt(**{k: trained.get(k) for k in keys})}, "
+            f"index '{index.name}' is chunked {fmt(**{k: now.get(k) for k in keys})}: its answers may be worse; "
+            f"retrain the adapter on this index, or rebuild the index with --chunk-size {trained.get('size')} "
+            f"--chunk-overlap {trained.get('overlap')}")

@@ -8,6 +8,7 @@ adapter serves both the `lora` and `lora+rag` modes.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import shlex
@@ -91,11 +92,27 @@ def plan_passages(items: list[dict], retrieved: list[list[Passage]], config: Tra
             if not any(p.doc_id == gold_id for p in chosen):
                 chosen = others[: config.k - 1]
                 chosen.insert(rng.randrange(len(chosen) + 1), next(p for p in found if p.doc_id == gold_id))
+            if item.get("long_answer") and rng.random() < config.conclusion_fraction:
+                chosen = _with_conclusion(chosen, gold_id, item["long_answer"])
             gold = [i for i, p in enumerate(chosen, 1) if p.doc_id == gold_id]
         else:
             chosen, gold = others[: config.k], None
         plan.append(([_trim(p, config.passage_chars) for p in chosen], gold))
     return plan
+
+
+def _with_conclusion(chosen: list[Passage], gold_id: str, conclusion: str) -> list[Passage]:
+    """The gold document's conclusion as one more passage of it, in place of the last distractor (the corpus
+    leaves conclusions out; shown in training only, it gives examples where the decision can be read)."""
+    gold = next(p for p in chosen if p.doc_id == gold_id)
+    extra = replace(gold, chunk=replace(gold.chunk, text=f"CONCLUSIONS: {conclusion}"))
+    out = list(chosen)
+    distractors = [i for i, p in enumerate(out) if p.doc_id != gold_id]
+    if distractors:
+        out[distractors[-1]] = extra
+    else:
+        out.append(extra)
+    return out
 
 
 def class_weights(items: list[dict], balance: bool) -> dict[str | None, float]:
@@ -311,7 +328,8 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
                       "examples_with_gold": sum(1 for e in train_ex if e.gold)} if config.retrieval_aware else None,
         # what the engine uses at answer time when this adapter is on (unless the user overrides it)
         "answer_settings": {"k": config.k, "passage_chars": config.passage_chars, "template": None,
-                            "index": str(config.index), "max_new_tokens": config.answer_tokens}
+                            "index": str(config.index), "max_new_tokens": config.answer_tokens,
+                            "chunker": _index_chunker(config.index)}
         if config.retrieval_aware else ({"max_new_tokens": config.answer_tokens} if config.answer_tokens else None),
         "loss_curve": [list(p) for p in result.train_curve],
         "val_loss_curve": [list(p) for p in result.val_curve],
@@ -323,6 +341,17 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
     if parent:
         card["parent"] = parent
     return card
+
+
+def _index_chunker(index: str) -> dict | None:
+    """How the training index cut its passages (size, overlap, unit), for the engine to compare at answer time."""
+    from ingest.index import index_path
+
+    manifest = index_path(index) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    c = json.loads(manifest.read_text()).get("chunker")
+    return {k: c.get(k) for k in ("size", "overlap", "unit")} if c else None
 
 
 def _install(model, info, card: dict, config: TrainConfig, root: Path, questions: list[str]):

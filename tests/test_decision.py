@@ -165,3 +165,23 @@ def test_card_generation_budget_and_a_missing_card_index(setup):
     assert engine.answer(q, adapter="beta", decide=False, max_new_tokens=5).timings["new_tokens"] > 3
     with pytest.raises(FileNotFoundError, match="loracle ingest"):
         engine.answer(q, adapter="beta", retrieval=True, index="not-built-yet", decide=False)
+
+
+def test_an_index_chunked_otherwise_than_the_adapters_training_index_is_noted(setup, sample_index):
+    """The card records how its training index was chunked; answers over an index chunked otherwise say so."""
+    from ingest.index import Index
+
+    engine, d = setup
+    ix = Index.open(str(sample_index))
+    now = {k: ix.manifest["chunker"][k] for k in ("size", "overlap", "unit")}
+    ix.close()
+    q = "Is asthma treated with inhaled steroids in children?"
+    for name, chunker, noted in (("same", now, False), ("other", {**now, "size": now["size"] + 300}, True)):
+        card = card_for(d / "base", answer_settings={"k": 2, "index": str(sample_index), "chunker": chunker})
+        registry.install(make_adapter(d / "base", d / f"staging-{name}", seed=5), name, card, d / "adapters")
+        ans = engine.answer(q, adapter=name, retrieval=True, max_new_tokens=1)
+        assert ans.passages
+        hits = [n for n in ans.notes if "was trained on passages chunked" in n]
+        assert bool(hits) == noted
+        if noted:
+            assert f"--chunk-size {now['size'] + 300}" in hits[0] and f"{now['size']}/{now['overlap']}" in hits[0]

@@ -148,6 +148,22 @@ def test_resample_gives_each_epoch_its_own_passage_plan_and_fit_walks_them_in_or
     assert all(any(ex is v for v in variants[1]) for ex in seen[n:])
 
 
+def test_conclusion_fraction_shows_the_gold_documents_conclusion_as_a_cited_passage(qa_file, sample_index):
+    from app.retrieve import Retriever
+
+    items = load_items(qa_file)
+    found = Retriever(sample_index).search_many([it["question"] for it in items], k=12)
+    cfg = TrainConfig(data="", name="x", retrieval_aware=True, gold_fraction=1.0, no_passage_fraction=0.0, k=3,
+                      conclusion_fraction=1.0)
+    for it, (ps, gold) in zip(items, plan_passages(items, found, cfg)):
+        shown = [i for i, p in enumerate(ps, 1) if p.chunk.text == f"CONCLUSIONS: {it['long_answer']}"]
+        assert len(shown) == 1  # in place of the last distractor; added when every passage is the gold document's
+        assert len(ps) == 3 or (len(ps) == 4 and all(p.doc_id == it["context_doc_id"] for p in ps))
+        assert ps[shown[0] - 1].doc_id == it["context_doc_id"] and shown[0] in gold  # cited like the gold passage
+    plain = plan_passages(items, found, replace(cfg, conclusion_fraction=0.0))
+    assert not any(p.chunk.text.startswith("CONCLUSIONS: ") for ps, _ in plain for p in ps)
+
+
 def test_retrieval_aware_training_searches_the_index(qa_file, tiny_model_dir, tmp_path, sample_index):
     cfg = _config(qa_file, tiny_model_dir, tmp_path, epochs=1, retrieval_aware=True, index=str(sample_index),
                   gold_fraction=1.0, no_passage_fraction=0.0, k=2, passage_chars=200)
@@ -155,6 +171,8 @@ def test_retrieval_aware_training_searches_the_index(qa_file, tiny_model_dir, tm
     assert info.card["retrieval"] == {"index": str(sample_index), "k": 2, "examples_with_passages": 8,
                                       "examples_with_gold": 8}
     assert "--retrieval-aware" in info.card["reproduce"]
+    manifest = json.loads((sample_index / "manifest.json").read_text())["chunker"]
+    assert info.card["answer_settings"]["chunker"] == {k: manifest[k] for k in ("size", "overlap", "unit")}
 
 
 def test_interrupted_training_leaves_the_registry_untouched(qa_file, tiny_model_dir, tmp_path):
