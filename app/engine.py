@@ -17,7 +17,7 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -468,12 +468,10 @@ def _chunking_note(p: _Prepared, index) -> str | None:
     trained = (p.adapter.settings.get("chunker") if p.adapter else None) or {}
     if not trained:
         return None
-    now = index.manifest.get("chunker") or {}
-    keys = ("size", "overlap", "unit")
-    if all(trained.get(k) == now.get(k) for k in keys):
+    now = asdict(index.chunk_config)
+    if all(trained.get(k) == v for k, v in now.items()):
         return None
-    fmt = "{size}/{overlap} {unit}s".format
-    return (f"adapter {p.adapter.ref.label} was trained on passages chunked {fmt(**{k: trained.get(k) for k in keys})}, "
-            f"index '{index.name}' is chunked {fmt(**{k: now.get(k) for k in keys})}: its answers may be worse; "
-            f"retrain the adapter on this index, or rebuild the index with --chunk-size {trained.get('size')} "
-            f"--chunk-overlap {trained.get('overlap')}")
+    return (f"adapter {p.adapter.ref.label} was trained on passages chunked {trained.get('size')}/"
+            f"{trained.get('overlap')} {trained.get('unit')}s, index '{index.name}' is chunked {now['size']}/"
+            f"{now['overlap']} {now['unit']}s: its answers may be worse; retrain the adapter on this index, or "
+            f"rebuild the index with --chunk-size {trained.get('size')} --chunk-overlap {trained.get('overlap')}")

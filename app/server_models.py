@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from app.engine import AUTO
 from app.scheduler import Busy
 
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict | None = None):

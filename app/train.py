@@ -15,7 +15,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -345,13 +345,14 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
 
 def _index_chunker(index: str) -> dict | None:
     """How the training index cut its passages (size, overlap, unit), for the engine to compare at answer time."""
+    from ingest.config import ChunkConfig
     from ingest.index import index_path
 
     manifest = index_path(index) / "manifest.json"
     if not manifest.is_file():
         return None
     c = json.loads(manifest.read_text()).get("chunker")
-    return {k: c.get(k) for k in ("size", "overlap", "unit")} if c else None
+    return {f.name: c.get(f.name) for f in fields(ChunkConfig)} if c else None
 
 
 def _install(model, info, card: dict, config: TrainConfig, root: Path, questions: list[str]):
@@ -395,12 +396,11 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     train_ret, val_ret = _retrieved_for_splits(items, train_items, val_items, config, retrieved)
     weights = class_weights(train_items, config.class_balance)
     epochs = math.ceil(config.epochs) if config.resample and train_ret is not None else 1
-    train_ex = [build_examples(train_items, tokenizer, config, train_ret, weights, e) for e in range(epochs)]
+    per_epoch = [build_examples(train_items, tokenizer, config, train_ret, weights, e) for e in range(epochs)]
     val_ex = build_examples(val_items, tokenizer, config, val_ret, weights)
     model, parent = _wrap(model, info, config, root)
-    result = fit(model, train_ex, val_ex, config, progress)
-    train_ex = train_ex[0]
-    card = _card(config, info, items, train_items, val_items, train_ex, result, parent)
+    result = fit(model, per_epoch, val_ex, config, progress)
+    card = _card(config, info, items, train_items, val_items, per_epoch[0], result, parent)
     return _install(model, info, card, config, root, [str(it["question"]) for it in train_items])
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app import decision, metrics, models, prompts, registry  # noqa: E402
+from app.config import DEFAULT_INDEX, DEFAULT_K  # noqa: E402
 from app.questions import load_questions  # noqa: E402
 
 CONDITIONS = ("right", "swapped", "none")
@@ -67,8 +68,8 @@ def run(adapter: str | None, data: str, index: str | None, k: int | None, passag
         settings = dict(ref.card.answer_settings or {})
         model = PeftModel.from_pretrained(model, str(ref.path))
     model.eval()
-    index = index or settings.get("index") or "pubmedqa"
-    k = k or settings.get("k") or 3
+    index = index or settings.get("index") or DEFAULT_INDEX
+    k = k or settings.get("k") or DEFAULT_K
     passage_chars = passage_chars or settings.get("passage_chars")
     found = get_retriever(index).search_many([it.question for it in items], k)
     other = derangement(len(items), seed)
@@ -92,8 +93,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--adapter", default="medical-pubmedqa", help="registered adapter, or 'none' for the base model")
     p.add_argument("--data", default="data/pubmedqa/dev.jsonl")
-    p.add_argument("--index", default=None, help="default: the adapter card's, else pubmedqa")
-    p.add_argument("--k", type=int, default=None, help="default: the adapter card's, else 3")
+    p.add_argument("--index", default=None, help=f"default: the adapter card's, else {DEFAULT_INDEX}")
+    p.add_argument("--k", type=int, default=None, help=f"default: the adapter card's, else {DEFAULT_K}")
     p.add_argument("--passage-chars", type=int, default=None, help="default: the adapter card's (None: whole chunks)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
