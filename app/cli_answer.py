@@ -89,6 +89,8 @@ def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
 def _run_ask(args: argparse.Namespace) -> int:
     engine = _engine_from(args, (args.adapter,) if args.adapter and args.adapter != AUTO else ())
     kw = dict(adapter=args.adapter, retrieval=args.rag, **_request_options(args))
+    if args.rag and args.index is None:
+        engine.build_card_index(args.adapter)
     if args.stream and not args.json:
         for item in engine.stream(args.question, **kw):
             if isinstance(item, str):
@@ -107,6 +109,8 @@ def _run_ask(args: argparse.Namespace) -> int:
 
 def _run_compare(args: argparse.Namespace) -> int:
     engine = _engine_from(args, () if args.adapter == AUTO else (args.adapter or DEFAULT_ADAPTER,))
+    if args.index is None:
+        engine.build_card_index(args.adapter or DEFAULT_ADAPTER)
     answers = engine.compare(args.question, adapter=args.adapter, **_request_options(args))
     if args.json:
         print(json.dumps({m: _answer_json(a) for m, a in answers.items()}, indent=2, default=str))

@@ -105,6 +105,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.adapter} is not the registry's current version of an adapter; offsets are "
                              f"stored in the current version's card only (use --dry-run to just print them)")
         ref = engine.load_adapter(ref)
+        if "lora+rag" in lora_modes:
+            engine.build_card_index(ref)
         kept, note = calibration.items_for_adapter(items, info.card, sha256_file(Path(args.data)), ref.label)
         groups.append((lora_modes, ref, kept, note))
     for group_modes, ref, group_items, note in groups:

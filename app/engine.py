@@ -182,6 +182,19 @@ class Engine:
                                               dict(info.card.calibration or {}))
         return ref
 
+    def build_card_index(self, adapter: str | AdapterRef | None) -> None:
+        """Build the shipped index an adapter's card names when it is not built yet. `loracle ask | compare |
+        eval | calibrate` call this before answering with retrieval; the UI and `serve` build shipped indexes
+        in the background instead, and answer without passages (saying so) until they are ready."""
+        from ingest.pipeline import SHIPPED_INDEXES, ensure_index
+
+        if not adapter or adapter == AUTO:
+            return
+        path = adapter.path if isinstance(adapter, AdapterRef) else self.resolve(adapter)[0].path
+        name = (registry.read_folder(path).card.answer_settings or {}).get("index")
+        if name in SHIPPED_INDEXES:
+            ensure_index(name)
+
     def loaded_adapters(self) -> list[str]:
         """Backend names of the loaded adapters (the registry name for a current version)."""
         return list(self._adapters)

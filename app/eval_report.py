@@ -43,7 +43,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells.append(cell)
         lines.append(f"| {' | '.join(cells)} |")
     title = (f"Evaluation: {summary.get('n_items')} questions from {summary.get('data') or '(in memory)'}, "
-             f"adapter {summary.get('adapter') or '–'}, index {summary.get('index') or '–'}, k={k}, "
+             f"adapter {summary.get('adapter') or '–'}, index {_indexes(summary)}, k={k}, "
              f"base model {summary.get('base_model') or '–'}")
     head_lines = [title, ""]
     if (summary.get("verdict") or {}).get("text"):
@@ -119,3 +119,11 @@ def compare_markdown(report: dict[str, Any], questions: dict[str, str] | None = 
             lines += ["", f"Worse in {mode}:"]
             lines += [f"- {qid}" + (f": {questions[qid]}" if questions.get(qid) else "") for qid in m["worse"]]
     return "\n".join(lines) + "\n"
+
+
+def _indexes(summary: dict) -> str:
+    """The index the rag modes searched, per mode when they differ (an adapter card may name its own)."""
+    by_mode = {m: ix for m, ix in (summary.get("index_by_mode") or {}).items() if ix}
+    if len(set(by_mode.values())) > 1:
+        return ", ".join(f"{ix} ({m})" for m, ix in by_mode.items())
+    return summary.get("index") or "–"

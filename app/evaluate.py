@@ -223,6 +223,8 @@ def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapt
         "modes": modes,
         "adapter": next((r["adapter"] for r in rows if r["adapter"]), adapter),
         "index": next((r["index"] for r in rows if r["mode"].endswith("rag")), None),
+        "index_by_mode": {m: next((r["index"] for r in rows if r["mode"] == m and r.get("index")), None)
+                          for m in modes if m.endswith("rag")},
         "k": rag_ks[0] if len(rag_ks) == 1 else (k or (rag_ks[-1] if rag_ks else None)),
         "k_by_mode": {m: next((r["k"] for r in rows if r["mode"] == m and r.get("k")), None) for m in modes
                       if m.endswith("rag")},
@@ -373,6 +375,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     if todo:
         engine = engine or make_engine(cfg)
         adapter = engine.load_adapter(cfg.adapter) if cfg.adapter else None  # NAME, NAME@vN or a folder
+        if adapter and cfg.index is None and "lora+rag" in todo:
+            engine.build_card_index(adapter)
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
         result = evaluate(engine, items, todo, adapter, cfg.index, cfg.k, progress,
                           max_new_tokens=cfg.max_new_tokens, questions_per_batch=cfg.questions_per_batch,

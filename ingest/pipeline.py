@@ -61,28 +61,45 @@ def default_corpus() -> Path:
     return home() / "data" / "pubmedqa" / "corpus.jsonl"
 
 
+@dataclass(frozen=True)
+class ShippedIndex:
+    corpus: tuple[str, ...]  # JSONL parts under data/ (git hosts refuse files over 20 MB)
+    chunk: ChunkConfig | None = None  # None: the default chunker
+
+
 # Indexes built from corpora shipped under data/: the default one at start-up, the others in the background
-# (medquad: 5490 documents, about 48k chunks, about 25 minutes on 2 cores; the adapter medical-consumer names it).
-# (medquad's corpus is in two parts: git hosts refuse files over 20 MB)
-SHIPPED_INDEXES = {DEFAULT_INDEX: ("data/pubmedqa/corpus.jsonl",),
-                   "medquad": ("data/medquad/corpus-1.jsonl", "data/medquad/corpus-2.jsonl")}
+# (`loracle ui` / `serve`) or on first use (`loracle ask | compare | eval | calibrate`), in this order.
+# pubmedqa-1000: the same abstracts chunked as medical-pubmedqa v2 was trained on (its card names it; 2 min).
+# medquad: 5490 documents, about 48k chunks, about 25 minutes on 2 cores (medical-consumer names it).
+SHIPPED_INDEXES = {
+    DEFAULT_INDEX: ShippedIndex(("data/pubmedqa/corpus.jsonl",)),
+    "pubmedqa-1000": ShippedIndex(("data/pubmedqa/corpus.jsonl",), ChunkConfig(size=1000, overlap=150)),
+    "medquad": ShippedIndex(("data/medquad/corpus-1.jsonl", "data/medquad/corpus-2.jsonl")),
+}
+
+
+def _built(name: str) -> bool:
+    return (index_path(name) / "manifest.json").is_file()
 
 
 def missing_shipped_indexes() -> list[str]:
     """Shipped indexes (other than the default one) whose corpus is here but whose index is not built."""
-    missing = []
-    for name, corpus in SHIPPED_INDEXES.items():
-        if name != DEFAULT_INDEX and all((home() / part).is_file() for part in corpus) \
-                and not (index_path(name) / "manifest.json").is_file():
-            missing.append(name)
-    return missing
+    return [name for name, shipped in SHIPPED_INDEXES.items()
+            if name != DEFAULT_INDEX and all((home() / part).is_file() for part in shipped.corpus)
+            and not _built(name)]
 
 
 def build_shipped_index(name: str, progress: Progress | None = None) -> IngestReport:
     """Build one shipped index from its corpus under data/ (see SHIPPED_INDEXES)."""
     if name not in SHIPPED_INDEXES:
         raise ValueError(f"'{name}' is not a shipped index; choose one of {', '.join(SHIPPED_INDEXES)}")
-    return ingest_paths([home() / part for part in SHIPPED_INDEXES[name]], index=name, progress=progress)
+    shipped = SHIPPED_INDEXES[name]
+    missing = [part for part in shipped.corpus if not (home() / part).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the corpus of index '{name}' is missing ({', '.join(missing)}); restore it from "
+                                f"the repository")
+    config = IngestConfig(chunk=shipped.chunk) if shipped.chunk else None
+    return ingest_paths([home() / part for part in shipped.corpus], index=name, config=config, progress=progress)
 
 
 def _open(index: str | Path, config: IngestConfig | None) -> tuple[Index, IngestConfig]:
@@ -232,33 +249,36 @@ def _consume(jobs: queue.Queue, w, embedder, batch_size: int, key: str, known: d
         flush()
 
 
-def ensure_default_index(progress: Progress | None = None) -> Path:
-    """Build indexes/pubmedqa from the corpus shipped under data/pubmedqa when it is missing or empty."""
-    path = index_path(DEFAULT_INDEX)
-    if (path / "manifest.json").is_file():
+def ensure_index(name: str = DEFAULT_INDEX, progress: Progress | None = None) -> Path:
+    """Build a shipped index (SHIPPED_INDEXES) from its corpus under data/ when it is missing or empty; a
+    terminal progress bar unless `progress` is given. Returns its folder."""
+    path = index_path(name)
+    if _built(name):
         ix = Index.open(path)
         try:
             if len(ix):
                 return path
         finally:
             ix.close()
-    corpus = default_corpus()
-    if not corpus.is_file():
-        raise FileNotFoundError(f"default corpus {corpus} is missing; restore data/pubmedqa from the repository")
     bar = None
-    if progress is None:  # `make run` / `loracle ui`: show the one-off build on the terminal
+    if progress is None:  # `make run` / `loracle ui` / `loracle eval`: show the one-off build on the terminal
         from tqdm import tqdm
 
-        bar = tqdm(total=0, unit="doc", desc=f"building index '{DEFAULT_INDEX}' from {corpus.name}")
+        bar = tqdm(total=0, unit="doc", desc=f"building index '{name}' (once)")
 
-        def progress(done: int, total: int, name: str) -> None:
+        def progress(done: int, total: int, current: str) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
     try:
-        report = ingest_paths([corpus], index=DEFAULT_INDEX, progress=progress)
+        report = build_shipped_index(name, progress=progress)
     finally:
         if bar is not None:
             bar.close()
     if report.rejected:
-        raise RuntimeError(f"building the default index rejected {report.rejected[0][0]}: {report.rejected[0][1]}")
+        raise RuntimeError(f"building index '{name}' rejected {report.rejected[0][0]}: {report.rejected[0][1]}")
     return path
+
+
+def ensure_default_index(progress: Progress | None = None) -> Path:
+    """Build indexes/pubmedqa from the corpus shipped under data/pubmedqa when it is missing or empty."""
+    return ensure_index(DEFAULT_INDEX, progress)

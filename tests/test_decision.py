@@ -167,6 +167,41 @@ def test_card_generation_budget_and_a_missing_card_index(setup):
         engine.answer(q, adapter="beta", retrieval=True, index="not-built-yet", decide=False)
 
 
+def test_a_shipped_index_the_card_names_is_built_with_its_own_chunking(setup, shared_data, tmp_path, monkeypatch):
+    """medical-pubmedqa v2 names `pubmedqa-1000`: the shipped abstracts chunked as it was trained on. Not built
+    yet, an answer goes without passages and says so; `build_card_index` (ask/compare/eval/calibrate) builds it
+    from the shipped corpus with the 1000/150 chunker, and then the answer reads passages chunked as in training."""
+    import shutil
+
+    from ingest.index import Index
+    from ingest.pipeline import SHIPPED_INDEXES, missing_shipped_indexes
+
+    engine, d = setup
+    monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
+    monkeypatch.setenv("LORACLE_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "home" / "data" / "pubmedqa" / "corpus.jsonl"
+    corpus.parent.mkdir(parents=True)
+    shutil.copy(shared_data / "sample" / "corpus.jsonl", corpus)
+    assert missing_shipped_indexes() == ["pubmedqa-1000"]
+    chunk = SHIPPED_INDEXES["pubmedqa-1000"].chunk
+    card = card_for(d / "base", answer_settings={"k": 2, "index": "pubmedqa-1000", "chunker": {
+        "size": chunk.size, "overlap": chunk.overlap, "unit": chunk.unit}})
+    registry.install(make_adapter(d / "base", d / "staging-gamma", seed=6), "gamma", card, d / "adapters")
+    q = "Is asthma treated with inhaled steroids in children?"
+    before = engine.answer(q, adapter="gamma", retrieval=True, max_new_tokens=1)
+    assert not before.passages and any("not built yet" in n for n in before.notes)
+    engine.build_card_index("gamma")
+    assert missing_shipped_indexes() == []
+    ix = Index.open("pubmedqa-1000")
+    assert (ix.chunk_config.size, ix.chunk_config.overlap) == (1000, 150) and ix.manifest["counts"]["documents"] == 20
+    ix.close()
+    after = engine.answer(q, adapter="gamma", retrieval=True, max_new_tokens=1)
+    assert after.passages and after.settings["index"] == "pubmedqa-1000"
+    assert not any("not built yet" in n or "trained on passages chunked" in n for n in after.notes)
+    engine.build_card_index("gamma")  # built: nothing to do
+    assert Index.open("pubmedqa-1000").manifest["counts"]["documents"] == 20
+
+
 def test_an_index_chunked_otherwise_than_the_adapters_training_index_is_noted(setup, sample_index):
     """The card records how its training index was chunked; answers over an index chunked otherwise say so."""
     from ingest.index import Index

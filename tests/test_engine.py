@@ -222,6 +222,7 @@ def test_real_default_model_answers_in_all_four_modes(tmp_path):
         ensure_default_index()
     engine = Engine(EngineConfig(adapters_dir=str(root) if root else None, max_new_tokens=12, k=2))
     assert engine.loaded_adapters() == [DEFAULT_ADAPTER]
+    engine.build_card_index(DEFAULT_ADAPTER)  # the shipped v2 names pubmedqa-1000, as `loracle compare` does
     result = engine.compare("Does aspirin reduce the risk of heart attack?")
     assert [a.mode for a in result.values()] == ["base", "lora", "rag", "lora+rag"]
     for mode, a in result.items():

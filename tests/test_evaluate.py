@@ -104,6 +104,16 @@ def test_summary_differences_and_markdown(tmp_path):
     assert back.rows == json.loads(json.dumps(rows)) and back.summary["metrics"] == summary["metrics"]
 
 
+def test_the_summary_names_each_modes_index_when_an_adapter_card_names_its_own():
+    from app.eval_report import summary_markdown
+
+    same = {"n_items": 3, "modes": ["rag", "lora+rag"], "index": "pubmedqa",
+            "index_by_mode": {"rag": "pubmedqa", "lora+rag": "pubmedqa"}}
+    assert "index pubmedqa," in summary_markdown({**same, "metrics": {}})
+    own = {**same, "index_by_mode": {"rag": "pubmedqa", "lora+rag": "pubmedqa-1000"}}
+    assert "index pubmedqa (rag), pubmedqa-1000 (lora+rag)," in summary_markdown({**own, "metrics": {}})
+
+
 def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
     good = {"id": "a", "question": "Is it?"}
     cases = [("{not json", "line 2: not valid JSON"),

@@ -355,8 +355,8 @@ def test_auto_index_type_goes_ivf_past_the_threshold_and_back(tmp_path, monkeypa
 
 
 def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path, monkeypatch):
-    """`loracle ui` / `serve` start a job per shipped index not built yet (medquad); a running build (its writer
-    lock held elsewhere) is not started twice, and a built one is not rebuilt."""
+    """`loracle ui` / `serve` start one job that builds the shipped indexes not built yet, in order; a running
+    build (its writer lock held elsewhere) is not started twice, and a built one is not rebuilt."""
     from app.jobs import build_missing_indexes, runner
     from ingest.folders import writer_lock
     from ingest.pipeline import missing_shipped_indexes
@@ -373,12 +373,17 @@ def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path,
     assert missing_shipped_indexes() == ["medquad"]
     with writer_lock(tmp_path / "indexes" / "medquad"):
         assert build_missing_indexes() == []
-    [job] = build_missing_indexes()
+    pubmedqa = tmp_path / "home" / "data" / "pubmedqa"
+    pubmedqa.mkdir(parents=True)
+    shutil.copy(shared_data / "sample" / "corpus.jsonl", pubmedqa / "corpus.jsonl")
+    assert missing_shipped_indexes() == ["pubmedqa-1000", "medquad"]
+    [job] = build_missing_indexes()  # one job, one index after the other: side by side, both would be slower
+    assert job.title == "build shipped indexes 'pubmedqa-1000', 'medquad'" and build_missing_indexes() == []
     deadline = time.time() + 120
     while runner().get(job.id).active and time.time() < deadline:
         time.sleep(0.2)
     job = runner().get(job.id)
     assert job.status == "done", job.error
-    assert job.progress == 1.0 and job.result.added and missing_shipped_indexes() == []
-    assert len(Index.open("medquad")) > 0
+    assert job.progress == 1.0 and all(r.added for r in job.result) and missing_shipped_indexes() == []
+    assert len(Index.open("medquad")) > 0 and Index.open("pubmedqa-1000").chunk_config.size == 1000
     assert build_missing_indexes() == []
