@@ -50,6 +50,7 @@ class Request:
     calibrate: bool | None = None  # apply stored calibration offsets; None: config
     passage_chars: int | None = None
     examples: list[tuple[str, str]] | None = None  # few-shot (question, answer) turns put before the question
+    passages: list[Passage] | None = None  # the caller's passages instead of retrieval (implies a rag mode)
     origin: str | None = None  # "ui", "cli", "api" or "eval": the entry point the audit log records
 
 
@@ -267,7 +268,7 @@ class Engine:
     def _retrieve(self, preps: list[_Prepared]) -> None:
         groups: dict[tuple[str, int], list[_Prepared]] = {}
         for p in preps:
-            if p.request.retrieval:
+            if p.request.retrieval and p.request.passages is None:
                 groups.setdefault((p.settings["index"], p.settings["k"]), []).append(p)
         for (index, k), items in groups.items():
             from app.retrieve import get_retriever
@@ -299,10 +300,15 @@ class Engine:
         for i, r in enumerate(requests):
             if i in routes:  # adapter="auto": the closest adapter, or none (base model) when none is close
                 r = replace(r, adapter=routes[i].adapter)
+            if r.passages is not None:
+                r = replace(r, retrieval=True)
             adapter, note = self._adapter_for(r.adapter)
             card_tokens = (adapter.settings.get("max_new_tokens") if adapter else None)
             p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or card_tokens or self.config.max_new_tokens,
                           settings=self._settings(r, adapter), route=routes.get(i), notes=[note] if note else [])
+            if r.passages is not None:  # given, not searched: no index was used
+                p.passages, p.settings["index"] = list(r.passages), None
+                p.settings["source"]["index"] = "request (passages given)"
             self._decision_plan(p)
             preps.append(p)
         self._retrieve(preps)

@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app import decision, metrics, models, prompts, registry  # noqa: E402
-from app.config import DEFAULT_INDEX, DEFAULT_K  # noqa: E402
+from app import decision, metrics  # noqa: E402
+from app.config import DEFAULT_INDEX, DEFAULT_K, EngineConfig  # noqa: E402
+from app.engine import Engine, Request  # noqa: E402
 from app.questions import load_questions  # noqa: E402
 
 CONDITIONS = ("right", "swapped", "none")
@@ -43,43 +44,25 @@ def derangement(n: int, seed: int) -> list[int]:
             return list(order)
 
 
-def score(model, tokenizer, ids: dict[str, int], question: str, passages, passage_chars) -> str:
-    import torch
-
-    prompt = prompts.render(tokenizer, prompts.build_messages(question, passages or None, passage_chars=passage_chars))
-    tokens = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        logits = model(input_ids=tokens, logits_to_keep=1).logits[0, -1]
-    logprobs, _ = decision.choose(logits, ids)
-    return decision.decide(logprobs).label
-
-
 def run(adapter: str | None, data: str, index: str | None, k: int | None, passage_chars: int | None,
-        seed: int = 0, limit: int | None = None) -> dict:
-    from app.retrieve import get_retriever
-
+        seed: int = 0, limit: int | None = None, threads: int | None = None) -> dict:
+    """The three conditions through the engine: the same prompts, settings (the adapter card's unless given)
+    and scoring as `loracle eval --decisions scored --no-calibrate`; `swapped` passes another question's
+    retrieved passages as the request's own (Request.passages)."""
     items = [it for it in load_questions(data) if it.final_decision][: limit or None]
-    model, tokenizer, info = models.load(None)
-    settings = {}
-    if adapter:
-        from peft import PeftModel
-
-        ref = registry.get(adapter)
-        settings = dict(ref.card.answer_settings or {})
-        model = PeftModel.from_pretrained(model, str(ref.path))
-    model.eval()
-    index = index or settings.get("index") or DEFAULT_INDEX
-    k = k or settings.get("k") or DEFAULT_K
-    passage_chars = passage_chars or settings.get("passage_chars")
-    found = get_retriever(index).search_many([it.question for it in items], k)
+    engine = Engine(EngineConfig.from_env(adapters=(adapter,) if adapter else (), threads=threads, audit=False))
+    common = dict(adapter=adapter, decide=True, scored=True, calibrate=False, max_new_tokens=1, k=k,
+                  passage_chars=passage_chars, origin="eval")
+    right = engine.answer_batch([Request(it.question, retrieval=True, index=index, **common) for it in items])
     other = derangement(len(items), seed)
-    ids = decision.option_ids(tokenizer)
+    swapped = engine.answer_batch([Request(it.question, passages=right[other[i]].passages, **common)
+                                   for i, it in enumerate(items)])
+    none = engine.answer_batch([Request(it.question, **common) for it in items])
+    preds = {c: [a.decision.label for a in answers] for c, answers in zip(CONDITIONS, (right, swapped, none))}
     gold = [it.final_decision for it in items]
-    preds = {c: [] for c in CONDITIONS}
-    for i, it in enumerate(items):
-        for cond, passages in (("right", found[i]), ("swapped", found[other[i]]), ("none", [])):
-            preds[cond].append(score(model, tokenizer, ids, it.question, passages, passage_chars))
-    out = {"adapter": adapter, "data": data, "n": len(items), "index": index, "k": k, "passage_chars": passage_chars}
+    used = right[0].settings if right else {}
+    out = {"adapter": adapter, "data": data, "n": len(items), "index": used.get("index") or index or DEFAULT_INDEX,
+           "k": used.get("k"), "passage_chars": used.get("passage_chars")}
     for cond in CONDITIONS:
         out[cond] = {"accuracy": round(metrics.accuracy(preds[cond], gold), 3),
                      "macro_f1": round(metrics.macro_f1(preds[cond], gold), 3),
@@ -101,12 +84,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     res = run(None if args.adapter == "none" else args.adapter, args.data, args.index, args.k, args.passage_chars,
-              args.seed, args.limit)
+              args.seed, args.limit, args.threads)
     if args.json:
         print(json.dumps(res, indent=1))
         return

@@ -202,6 +202,25 @@ def test_a_shipped_index_the_card_names_is_built_with_its_own_chunking(setup, sh
     assert Index.open("pubmedqa-1000").manifest["counts"]["documents"] == 20
 
 
+def test_passages_the_caller_gives_replace_retrieval(setup, sample_index):
+    """Request.passages: no index is searched (a missing one is not an error), the answer is in the rag mode,
+    cites the given passages, and its decision is scored over a prompt that shows them."""
+    from app.retrieve import get_retriever
+
+    engine, d = setup
+    q = "Is asthma treated with inhaled steroids in children?"
+    given = get_retriever(str(sample_index)).search("vaccine storage temperature in general practice", 2)
+    opts = dict(decide=True, scored=True, calibrate=False, max_new_tokens=1)
+    ans = engine.answer_batch([Request(q, "alpha", passages=given, index="not-built", **opts)])[0]
+    assert ans.mode == "lora+rag" and [p.chunk.chunk_id for p in ans.passages] == [p.chunk.chunk_id for p in given]
+    assert ans.settings["index"] is None and ans.settings["source"]["index"] == "request (passages given)"
+    retrieved = engine.answer_batch([Request(q, "alpha", retrieval=True, index=str(sample_index), k=2, **opts)])[0]
+    assert [p.chunk.chunk_id for p in retrieved.passages] != [p.chunk.chunk_id for p in given]
+    assert ans.decision.raw_probs != retrieved.decision.raw_probs  # other passages, another prompt
+    again = engine.answer_batch([Request(q, "alpha", passages=retrieved.passages, **opts)])[0]
+    assert again.decision.raw_probs == pytest.approx(retrieved.decision.raw_probs, abs=1e-4)
+
+
 def test_an_index_chunked_otherwise_than_the_adapters_training_index_is_noted(setup, sample_index):
     """The card records how its training index was chunked; answers over an index chunked otherwise say so."""
     from ingest.index import Index
