@@ -63,13 +63,13 @@ def test_home_shows_status_and_links(ui_env):
 
 def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
     from app.config import EngineConfig
-    from app.ui.state import get_engine
+    from app.ui.state import CARD_INDEX, get_engine
 
     at = page("pages/1_Ask.py")
     assert at.selectbox(key="ask_adapter").options == ["off", ADAPTER, "auto (route per question)"]
     assert at.selectbox(key="ask_adapter").value == ADAPTER  # the default adapter is preselected
     assert at.toggle(key="ask_retrieval").value is True
-    assert at.selectbox(key="ask_index").value == INDEX
+    assert at.selectbox(key="ask_index").value == CARD_INDEX  # each answer: its adapter card's index, else INDEX
     engine, model = get_engine(), get_engine().model
 
     a = ask(at, "Does aspirin reduce the risk of heart attack?", "off", False)
@@ -78,6 +78,7 @@ def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
     assert (a.mode, a.adapter) == ("lora", f"{ADAPTER}@v1")
     a = ask(at, "Is vitamin D useful in the elderly?", "off", True)
     assert a.mode == "rag" and a.adapter is None and len(a.passages) == EngineConfig().k  # the default k
+    assert a.settings["index"] == INDEX and a.settings["source"]["index"] == "engine config"
     at.number_input(key="ask_k").set_value(2)
     a = ask(at, "Is vitamin D useful in the elderly?", ADAPTER, True)
     assert a.mode == "lora+rag" and len(a.passages) == 2

@@ -135,12 +135,27 @@ def route_view(answer: Any) -> None:
         st.warning(note)
 
 
-def index_picker(key: str, label: str = "Index") -> str | None:
+CARD_INDEX = "the adapter's"  # index_picker's first choice: each answer searches its adapter card's index
+
+
+def index_picker(key: str, label: str = "Index", card_choice: bool = False) -> str | None:
+    """The index a page searches (None: no index exists). With `card_choice`, the first and default option is
+    CARD_INDEX: an answer with an adapter searches the index its card names (it was trained with), the others the
+    configured one; pass the choice through `index_arg`."""
     names = indexes()
     if not names:
         return None
     preferred = engine_config().index
+    if card_choice:
+        return st.selectbox(label, [CARD_INDEX, *names], key=key, format_func=lambda n: (
+            f"the adapter's (its card's index, else {preferred})" if n == CARD_INDEX else n),
+            help="An adapter card names the index it was trained with; pick another index to override it.")
     return st.selectbox(label, names, index=names.index(preferred) if preferred in names else 0, key=key)
+
+
+def index_arg(choice: str | None) -> str | None:
+    """index_picker's choice as the engine's `index`: None lets each request use its adapter card's index."""
+    return None if choice == CARD_INDEX else choice
 
 
 def md_escape(text: str) -> str:

@@ -24,7 +24,7 @@ with right:
 decide, calibrate = state.decision_controls("ask")
 index = None
 if retrieval:
-    index = state.index_picker("ask_index")
+    index = state.index_picker("ask_index", card_choice=True)
     if index is None:
         st.warning("No index exists yet: upload documents on the Documents page, or turn retrieval off.")
 
@@ -39,7 +39,7 @@ def ask(question: str):
 
     def deltas():
         for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
-                                  k=int(k) or None, index=index, decide=decide, calibrate=calibrate, origin="ui"):
+                                  k=int(k) or None, index=state.index_arg(index), decide=decide, calibrate=calibrate, origin="ui"):
             if isinstance(item, str):
                 yield state.md_escape(item)
             else:

@@ -19,7 +19,7 @@ c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
     adapter = state.adapter_picker("cmp_adapter", allow_off=False, label="Adapter for the LoRA modes")
 with c2:
-    index = state.index_picker("cmp_index", label="Index for the RAG modes")
+    index = state.index_picker("cmp_index", label="Index for the RAG modes", card_choice=True)
 with c3:
     k = st.number_input("k", min_value=0, max_value=20, value=0, key="cmp_k",
                         help="0: the adapter's trained setting for lora+rag, the engine's default for rag")
@@ -41,8 +41,8 @@ if submitted:
             t0 = time.perf_counter()
             st.session_state["comparison"] = {
                 "question": question.strip(), "adapter": adapter, "index": index, "k": int(k),
-                "answers": engine.compare(question.strip(), adapter=adapter, index=index, k=int(k) or None,
-                                          decide=decide, calibrate=calibrate, origin="ui"),
+                "answers": engine.compare(question.strip(), adapter=adapter, index=state.index_arg(index),
+                                          k=int(k) or None, decide=decide, calibrate=calibrate, origin="ui"),
                 "wall_s": time.perf_counter() - t0, "n": st.session_state.get("n_comparisons", 0) + 1,
             }
             st.session_state["n_comparisons"] = st.session_state["comparison"]["n"]

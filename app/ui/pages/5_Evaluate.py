@@ -46,7 +46,7 @@ with st.form("eval_form"):
     with c1:
         adapter = state.adapter_picker("eval_adapter", allow_off=False, label="Adapter (LoRA modes)")
     with c2:
-        index = state.index_picker("eval_index", label="Index (RAG modes)")
+        index = state.index_picker("eval_index", label="Index (RAG modes)", card_choice=True)
     k = c3.number_input("k (0 = adapter's)", 0, 20, 0, key="eval_k",
                         help="0: the adapter's trained setting for lora+rag, the engine's default for rag")
     limit = c4.number_input("Questions (0 = all)", 0, 100000, 10, key="eval_limit")
@@ -71,7 +71,8 @@ def start(path: Path, limit: int, tmp: Path | None, shots_path: Path | None):
             shots = few_shot_examples(str(shots_path), int(few_shot), items) if shots_path and few_shot else None
             run_modes = list(modes) + ([FEWSHOT] if shots and FEWSHOT not in modes else [])
             report(0.0, f"{len(items)} questions x {len(run_modes)} modes")
-            return evaluate(engine, items, modes=run_modes, adapter=adapter, index=index, k=int(k) or None,
+            return evaluate(engine, items, modes=run_modes, adapter=adapter, index=state.index_arg(index),
+                            k=int(k) or None,
                             progress=lambda done, total: report.steps(done, total, f"{done}/{total} answers"),
                             data_path=str(path), decisions=decisions, calibrate=calibrate, few_shot=shots)
         finally:
