@@ -189,10 +189,8 @@ class Engine:
         in the background instead, and answer without passages (saying so) until they are ready."""
         from ingest.pipeline import SHIPPED_INDEXES, ensure_index
 
-        if not adapter or adapter == AUTO:
-            return
-        path = adapter.path if isinstance(adapter, AdapterRef) else self.resolve(adapter)[0].path
-        name = (registry.read_folder(path).card.answer_settings or {}).get("index")
+        loaded, _ = self._adapter_for(None if adapter == AUTO else adapter)  # its card, as answers read it
+        name = loaded.settings.get("index") if loaded else None
         if name in SHIPPED_INDEXES:
             ensure_index(name)
 

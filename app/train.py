@@ -8,14 +8,13 @@ adapter serves both the `lora` and `lora+rag` modes.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -345,14 +344,12 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
 
 def _index_chunker(index: str) -> dict | None:
     """How the training index cut its passages (size, overlap, unit), for the engine to compare at answer time."""
-    from ingest.config import ChunkConfig
-    from ingest.index import index_path
+    from app.retrieve import get_retriever
 
-    manifest = index_path(index) / "manifest.json"
-    if not manifest.is_file():
+    try:
+        return asdict(get_retriever(index).index.chunk_config)  # the retriever training searched (cached)
+    except FileNotFoundError:  # passages given by the caller, no index on disk
         return None
-    c = json.loads(manifest.read_text()).get("chunker")
-    return {f.name: c.get(f.name) for f in fields(ChunkConfig)} if c else None
 
 
 def _install(model, info, card: dict, config: TrainConfig, root: Path, questions: list[str]):

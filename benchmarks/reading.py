@@ -61,7 +61,7 @@ def run(adapter: str | None, data: str, index: str | None, k: int | None, passag
     preds = {c: [a.decision.label for a in answers] for c, answers in zip(CONDITIONS, (right, swapped, none))}
     gold = [it.final_decision for it in items]
     used = right[0].settings if right else {}
-    out = {"adapter": adapter, "data": data, "n": len(items), "index": used.get("index") or index or DEFAULT_INDEX,
+    out = {"adapter": adapter, "data": data, "n": len(items), "index": used.get("index"),
            "k": used.get("k"), "passage_chars": used.get("passage_chars")}
     for cond in CONDITIONS:
         out[cond] = {"accuracy": round(metrics.accuracy(preds[cond], gold), 3),
