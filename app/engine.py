@@ -293,13 +293,12 @@ class Engine:
 
     def _prepare(self, requests: list[Request]) -> list[_Prepared]:
         preps = []
-        requests = [replace(r, question=clean_question(r.question)) for r in requests]  # length, control chars
+        requests = [replace(r, question=clean_question(r.question),  # length, control chars
+                            retrieval=r.retrieval or r.passages is not None) for r in requests]
         routes = self._routes(requests)
         for i, r in enumerate(requests):
             if i in routes:  # adapter="auto": the closest adapter, or none (base model) when none is close
                 r = replace(r, adapter=routes[i].adapter)
-            if r.passages is not None:
-                r = replace(r, retrieval=True)
             adapter, note = self._adapter_for(r.adapter)
             card_tokens = (adapter.settings.get("max_new_tokens") if adapter else None)
             p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or card_tokens or self.config.max_new_tokens,

@@ -21,6 +21,7 @@ class Job:
     id: str
     kind: str  # "ingest" | "train" | "evaluate" | anything
     title: str
+    targets: tuple[str, ...] = ()  # what the job writes (index or adapter names), so it is not started twice
     status: str = "queued"  # -> "running" -> "done" | "failed"
     progress: float = 0.0  # 0..1
     message: str = ""
@@ -70,9 +71,9 @@ class JobRunner:
         self._threads: dict[str, threading.Thread] = {}
         self._max_history = max_history
 
-    def submit(self, kind: str, title: str, fn: Callable[[Reporter], Any]) -> Job:
+    def submit(self, kind: str, title: str, fn: Callable[[Reporter], Any], targets: tuple[str, ...] = ()) -> Job:
         """Start `fn(report)` in a thread now; its return value becomes `job.result`."""
-        job = Job(id=uuid.uuid4().hex[:12], kind=kind, title=title)
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind, title=title, targets=tuple(targets))
         with self._lock:
             self._jobs[job.id] = job
             self._trim()
@@ -148,7 +149,7 @@ def build_missing_indexes() -> list[Job]:
 
     names = []
     for name in missing_shipped_indexes():
-        if any(f"'{name}'" in j.title for j in runner().active("ingest")):
+        if any(name in j.targets for j in runner().active("ingest")):
             continue
         try:
             with writer_lock(index_path(name)):
@@ -167,4 +168,4 @@ def build_missing_indexes() -> list[Job]:
         return reports
 
     title = "build shipped " + ("index " if len(names) == 1 else "indexes ") + ", ".join(f"'{n}'" for n in names)
-    return [runner().submit("ingest", title, job)]
+    return [runner().submit("ingest", title, job, targets=tuple(names))]

@@ -378,7 +378,8 @@ def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path,
     shutil.copy(shared_data / "sample" / "corpus.jsonl", pubmedqa / "corpus.jsonl")
     assert missing_shipped_indexes() == ["pubmedqa-1000", "medquad"]
     [job] = build_missing_indexes()  # one job, one index after the other: side by side, both would be slower
-    assert job.title == "build shipped indexes 'pubmedqa-1000', 'medquad'" and build_missing_indexes() == []
+    assert job.title == "build shipped indexes 'pubmedqa-1000', 'medquad'"
+    assert job.targets == ("pubmedqa-1000", "medquad") and build_missing_indexes() == []
     deadline = time.time() + 120
     while runner().get(job.id).active and time.time() < deadline:
         time.sleep(0.2)

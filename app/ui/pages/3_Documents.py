@@ -78,7 +78,7 @@ def run_ingest(paths: list[Path], index_name: str, tmp: Path):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    return runner().submit("ingest", f"ingest {len(paths)} file(s) into '{index_name}'", job)
+    return runner().submit("ingest", f"ingest {len(paths)} file(s) into '{index_name}'", job, targets=(index_name,))
 
 
 def show_report(report) -> None:

@@ -215,7 +215,7 @@ def start_training(cfg_kwargs: dict):
                                                                      step=step, loss=float(loss)))
         return info
 
-    return runner().submit("train", f"train '{cfg_kwargs['name']}'", job)
+    return runner().submit("train", f"train '{cfg_kwargs['name']}'", job, targets=(cfg_kwargs["name"],))
 
 
 if submitted:
