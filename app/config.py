@@ -185,6 +185,7 @@ class TrainConfig:
     passage_chars: int | None = None  # characters kept per passage; None: whole chunks (app.prompts.PASSAGE_CHARS)
     answer_tokens: int | None = None  # generation budget the card asks for at answer time; None: the engine's
     seed: int = 0
+    split_seed: int | None = None  # seed of the validation split; None: `seed`
     limit: int | None = None  # use only the first N items of the data file
     parent: str | None = None  # adapter to continue training from (name in the registry)
     adapters_dir: str | None = None  # registry root; None -> app.config.adapters_dir()
@@ -211,6 +212,8 @@ class TrainConfig:
         "k": "passages per training prompt (and the adapter's answer-time k)",
         "answer_tokens": "new tokens per answer the adapter's card asks for (long answers need more; default: the engine's)",
         "passage_chars": "characters kept per passage (default: whole chunks)",
+        "split_seed": "seed of the validation split (default: --seed); runs with different seeds and one split "
+                      "share their held-out questions, so they can be compared or ensembled on them",
         "limit": "use only the first N items",
         "parent": "continue training from this registered adapter",
         "adapters_dir": "registry folder (default adapters/)",

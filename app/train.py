@@ -388,7 +388,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     items = load_items(config.data)[: config.limit or None]
-    train_items, val_items = split(items, config.val_fraction, config.seed)
+    train_items, val_items = split(items, config.val_fraction,
+                                   config.seed if config.split_seed is None else config.split_seed)
     model, tokenizer, info = models.load(config.base_model)
     train_ret, val_ret = _retrieved_for_splits(items, train_items, val_items, config, retrieved)
     weights = class_weights(train_items, config.class_balance)

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from app import prompts, registry
-from app.train import IGNORE, TrainConfig, build_examples, encode, evaluate_loss, load_items, plan_passages, train
+from app.train import (IGNORE, TrainConfig, build_examples, encode, evaluate_loss, load_items, plan_passages, split,
+                       train)
 from tests.tiny import TINY_NAME
 
 
@@ -194,8 +195,13 @@ def test_cli_train_installs_the_adapter(qa_file, tiny_model_dir, tmp_path, capsy
 
     root = tmp_path / "cli-adapters"
     rc = main(["train", "--data", str(qa_file), "--name", "cli-med", "--base-model", str(tiny_model_dir),
-               "--epochs", "0.5", "--rank", "2", "--max-len", "128", "--layers", "1", "--adapters-dir", str(root)])
+               "--epochs", "0.5", "--rank", "2", "--max-len", "128", "--layers", "1", "--adapters-dir", str(root),
+               "--seed", "3", "--split-seed", "0", "--val-fraction", "0.3"])
     assert rc == 0 and "installed cli-med@v1" in capsys.readouterr().out
+    items = load_items(qa_file)  # another seed, the same held-out questions as a seed-0 run
+    card = registry.get("cli-med", root).card
+    assert card["training_data"]["val_ids"] == [it["id"] for it in split(items, 0.3, 0)[1]]
+    assert card["hyperparameters"]["seed"] == 3 and card["hyperparameters"]["split_seed"] == 0
     peft_config = json.loads((root / "cli-med" / "adapter_config.json").read_text())
     assert peft_config["layers_to_transform"] == [1] and peft_config["r"] == 2  # only the last layer adapted
     assert registry.get("cli-med", root).card["hyperparameters"]["max_len"] == 128
