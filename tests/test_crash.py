@@ -99,6 +99,10 @@ def _serve(kind: str, arg: str) -> None:
         print(f"exit {status}", flush=True)
 
 
+class HungRun(AssertionError):
+    """A child ran past its limit and was killed."""
+
+
 class Server:
     def __init__(self, kind: str, arg: str):
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -128,8 +132,9 @@ class Server:
                 pass
         status = int(self._line().split()[1])
         timer.cancel()
-        assert time.perf_counter() - t0 < limit_s, f"run {batch} hung for {limit_s}s and was killed"
         elapsed = time.perf_counter() - t0
+        if elapsed >= limit_s:
+            raise HungRun(f"run {batch} hung for {limit_s}s and was killed")
         if os.WIFSIGNALED(status):
             assert os.WTERMSIG(status) == signal.SIGKILL
             return True, elapsed
@@ -214,7 +219,7 @@ def test_sigkill_during_ingest_never_corrupts_the_index(tmp_path, store, min_kil
         _, clean_s = server.run(batch)  # the baseline, uninterrupted
         state = _check_consistent(index)
         assert all(state[k] == v for k, v in want.items())
-        live_kills, outcomes, i = 0, {"before commit": 0, "after commit": 0, "after exit": 0}, 0
+        live_kills, outcomes, i, hangs, limit_s = 0, {"before commit": 0, "after commit": 0, "after exit": 0}, 0, 0, 120
         while live_kills < min_kills:
             i += 1
             assert i <= 2 * min_kills, f"only {live_kills} kills landed mid-run in {i - 1} tries"
@@ -227,11 +232,21 @@ def test_sigkill_during_ingest_never_corrupts_the_index(tmp_path, store, min_kil
             applied = [state.get(k) == v for k, v in want.items()]
             assert all(applied) or not any(applied), f"batch {i} half applied: {applied}"  # one call = one commit
             outcomes["after exit" if not killed else "after commit" if all(applied) else "before commit"] += 1
-            _, clean_s = server.run(batch)  # the re-run completes it
+            try:
+                _, clean_s = server.run(batch, limit_s=limit_s)  # the re-run completes it
+            except HungRun:
+                # milvus-lite's in-process gRPC server now and then hangs on the first open after a SIGKILL
+                # (seen twice in ~20 suite runs); the hung child is killed: the index must still be whole,
+                # and the next run must complete it. FAISS has no server and must never hang.
+                if store != "milvus" or hangs:
+                    raise
+                hangs += 1
+                _check_consistent(index)
+                _, clean_s = server.run(batch, limit_s=limit_s)
             state = _check_consistent(index)
             assert all(state.get(k) == v for k, v in want.items()), f"re-run of batch {i} did not complete it"
         print(f"\n{store}: {live_kills} SIGKILLs mid-ingest in {i} batches; kills landed {outcomes}; "
-              f"last clean ingest {clean_s:.2f}s; index {len(state)} docs")
+              f"{hangs} milvus-lite hang(s); last clean ingest {clean_s:.2f}s; index {len(state)} docs")
         if store == "milvus":  # the case the id diff exists for: store committed, collection not (fully) updated
             assert outcomes["after commit"] >= 1, outcomes
     finally:
