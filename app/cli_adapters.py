@@ -1,4 +1,4 @@
-"""`loracle adapters list|show|remove|export-vllm` and `loracle train`: the adapter registry and what fills it."""
+"""`loracle adapters list|show|remove|export-vllm|merge` and `loracle train`: the adapter registry and its inputs."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--host", default="127.0.0.1", help="address vLLM will listen on (default 127.0.0.1)")
     q.add_argument("--port", type=int, default=8000, help="port vLLM will listen on (default 8000)")
     q.set_defaults(func=_run_export_vllm)
+    q = asub.add_parser("merge", help="install NAME as the weighted merge of adapters (a seed ensemble at one "
+                        "adapter's cost)")
+    q.add_argument("name", help="the merged adapter's name (an existing name gets a new version)")
+    q.add_argument("sources", nargs="+", help="adapters to merge, NAME or NAME@vN (two or more)")
+    q.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one positive weight per source (default: equal weights 1/n, the average)")
+    q.add_argument("--base-model", default=None, help="base model to load (default: the sources' card names it)")
+    q.add_argument("--root", default=None, help="registry folder (default: adapters/, env LORACLE_ADAPTERS)")
+    q.set_defaults(func=_run_merge)
 
     from app.train import add_arguments
 
@@ -78,6 +87,15 @@ def _run_remove(args: argparse.Namespace) -> int:
             print("kept")
             return 1
     print(f"removed {registry.remove(args.name, args.root)}")
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from app.merge import merge
+
+    info = merge(args.name, args.sources, args.weights, args.root, args.base_model)
+    rank = json.loads((info.path / "adapter_config.json").read_text())["r"]
+    print(f"installed {info.label} at {info.path} (rank {rank}, from {', '.join(info.card.hyperparameters['sources'])})")
     return 0
 
 
