@@ -257,6 +257,33 @@ def test_adapters_training_error_shows_a_message(ui_env):
     assert at.error and "qa.jsonl, line 1: not valid JSON" in at.error[0].value
 
 
+def test_adapters_merge_form_installs_one_adapter_or_says_why_not(ui_env, tmp_path):
+    import shutil
+
+    from app import registry
+
+    src = registry.get(ADAPTER)
+    shutil.copytree(src.path, tmp_path / "copy", ignore=shutil.ignore_patterns("versions"))
+    registry.install(tmp_path / "copy", "tiny-seed2", src.card, None)
+    try:
+        at = page("pages/4_Adapters.py")
+        at.multiselect(key="merge_sources").set_value([ADAPTER])
+        at.text_input(key="merge_name").input("tiny-ens")
+        next(b for b in at.button if b.label == "Merge").click()
+        at.run()
+        assert at.error and "at least two" in at.error[0].value and not at.exception
+        at.multiselect(key="merge_sources").set_value([ADAPTER, "tiny-seed2"])
+        next(b for b in at.button if b.label == "Merge").click()
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        merged = registry.get("tiny-ens")
+        assert merged.card.hyperparameters["sources"] == [f"{ADAPTER}@v1", "tiny-seed2@v1"]
+    finally:
+        for name in ("tiny-ens", "tiny-seed2"):
+            if (registry.root_dir() / name).is_dir():
+                registry.remove(name)
+
+
 def test_evaluate_uploaded_set_gives_per_mode_results_and_downloads(ui_env):
     at = page("pages/5_Evaluate.py")
     assert at.multiselect(key="eval_modes").value == ["base", "lora", "rag", "lora+rag"]

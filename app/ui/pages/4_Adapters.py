@@ -1,5 +1,6 @@
 """Adapters: the registry as a table, one adapter's card, lineage graph and bias probe; oversight (roll back,
-disable / enable, each with a reason kept in the audit log); train a new one in the background; set the default."""
+disable / enable, each with a reason kept in the audit log); train a new one in the background; merge several
+into one; set the default."""
 from __future__ import annotations
 
 import json
@@ -252,6 +253,23 @@ if job_id:
     if job is not None and job.status == "done" and job.result is not None:
         st.success(f"Trained and registered {getattr(job.result, 'label', job.result)}. "
                    f"It is available in the adapter menus now (no reload).")
+st.subheader("Merge adapters")
+st.caption("Seeds of one recipe, merged into one adapter: the weighted sum of their LoRA weight changes (PEFT's "
+           "cat merge), served at one adapter's cost. The sources must share base model, layers and answer settings.")
+with st.form("merge_form"):
+    m1, m2 = st.columns([3, 1])
+    sources = m1.multiselect("Adapters to merge (equal weights)", [a.name for a in infos], key="merge_sources")
+    merged_name = m2.text_input("Merged adapter name", key="merge_name", placeholder="e.g. medical-ensemble")
+    merge_clicked = st.form_submit_button("Merge")
+if merge_clicked:
+    with state.friendly_errors("Merging"):
+        from app.merge import merge
+        from app.registry import check_name
+
+        check_name(merged_name)
+        with st.spinner(f"Merging {', '.join(sources)}"):
+            merged = merge(merged_name, sources, base_model=state.engine_config().base_model or None)
+        st.success(f"Merged {', '.join(merged.card.hyperparameters['sources'])} into {merged.label}.")
 with st.expander("Background jobs"):
     state.recent_jobs_table()
 st.caption(f"Default adapter is stored in {settings_path()}")
