@@ -144,6 +144,11 @@ def render_readme(card: AdapterCard | dict) -> str:
              "", "## Reproduce", "", "```", card.reproduce or "(not recorded)", "```", "",
              "## Hyperparameters", ""]
     lines += [f"- {k}: {v}" for k, v in card.hyperparameters.items()] or ["(not recorded)"]
+    merged = card.extra.get("merged_from") if isinstance(card.extra, dict) else None
+    if isinstance(merged, list) and merged:
+        lines += ["", "## Merged from", "", "Each source, its weight and the command that trained it:", ""]
+        lines += [f"- {m.get('name')}@v{m.get('version')} (weight {m.get('weight')}): `{m.get('reproduce') or '?'}`"
+                  for m in merged if isinstance(m, dict)]
     if card.loss_curve:
         first, last = card.loss_curve[0], card.loss_curve[-1]
         lines += ["", "## Training loss", "", f"{len(card.loss_curve)} points; first {list(first)}, last {list(last)}"]
