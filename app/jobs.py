@@ -140,7 +140,7 @@ def runner() -> JobRunner:
 
 def build_missing_indexes() -> list[Job]:
     """Start one background ingest job that builds the shipped indexes not built yet, one after the other in
-    SHIPPED_INDEXES order (the small pubmedqa-1000 first, then medquad: on 2 cores, two builds side by side
+    SHIPPED_INDEXES order (the small pubmedqa ones first, then medquad: on 2 cores, two builds side by side
     would each take twice as long). `loracle ui` and `loracle serve` call this after the default index is
     ready, so nothing waits for it. An index whose writer lock another process holds is left to that
     process; one a running job builds is not started twice."""

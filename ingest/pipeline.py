@@ -70,10 +70,12 @@ class ShippedIndex:
 # Indexes built from corpora shipped under data/: the default one at start-up, the others in the background
 # (`loracle ui` / `serve`) or on first use (`loracle ask | compare | eval | calibrate`), in this order.
 # pubmedqa-1000: the same abstracts chunked as medical-pubmedqa v2 was trained on (its card names it; 2 min).
+# pubmedqa-doc: one chunk per abstract (3000/0), as medical-pubmedqa v3 was trained on (its card names it).
 # medquad: 5490 documents, about 48k chunks, about 25 minutes on 2 cores (medical-consumer names it).
 SHIPPED_INDEXES = {
     DEFAULT_INDEX: ShippedIndex(("data/pubmedqa/corpus.jsonl",)),
     "pubmedqa-1000": ShippedIndex(("data/pubmedqa/corpus.jsonl",), ChunkConfig(size=1000, overlap=150)),
+    "pubmedqa-doc": ShippedIndex(("data/pubmedqa/corpus.jsonl",), ChunkConfig(size=3000, overlap=0)),
     "medquad": ShippedIndex(("data/medquad/corpus-1.jsonl", "data/medquad/corpus-2.jsonl")),
 }
 

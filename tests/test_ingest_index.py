@@ -376,10 +376,10 @@ def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path,
     pubmedqa = tmp_path / "home" / "data" / "pubmedqa"
     pubmedqa.mkdir(parents=True)
     shutil.copy(shared_data / "sample" / "corpus.jsonl", pubmedqa / "corpus.jsonl")
-    assert missing_shipped_indexes() == ["pubmedqa-1000", "medquad"]
+    assert missing_shipped_indexes() == ["pubmedqa-1000", "pubmedqa-doc", "medquad"]
     [job] = build_missing_indexes()  # one job, one index after the other: side by side, both would be slower
-    assert job.title == "build shipped indexes 'pubmedqa-1000', 'medquad'"
-    assert job.targets == ("pubmedqa-1000", "medquad") and build_missing_indexes() == []
+    assert job.title == "build shipped indexes 'pubmedqa-1000', 'pubmedqa-doc', 'medquad'"
+    assert job.targets == ("pubmedqa-1000", "pubmedqa-doc", "medquad") and build_missing_indexes() == []
     deadline = time.time() + 120
     while runner().get(job.id).active and time.time() < deadline:
         time.sleep(0.2)
@@ -387,4 +387,5 @@ def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path,
     assert job.status == "done", job.error
     assert job.progress == 1.0 and all(r.added for r in job.result) and missing_shipped_indexes() == []
     assert len(Index.open("medquad")) > 0 and Index.open("pubmedqa-1000").chunk_config.size == 1000
+    assert len(Index.open("pubmedqa-doc")) == 20  # one chunk per abstract
     assert build_missing_indexes() == []
