@@ -67,6 +67,10 @@ def _card(infos: list, weights: list[float], base_info, command: str) -> dict:
     val_lists = [(i.card.to_dict().get("training_data") or {}).get("val_ids") for i in infos]
     held_out = None if any(v is None for v in val_lists) else set.intersection(*map(set, val_lists))
     data = dict(first.get("training_data") or {})
+    if len({(i.card.to_dict().get("training_data") or {}).get("sha256") for i in infos}) > 1:
+        parts = [{"adapter": i.label, **(i.card.to_dict().get("training_data") or {})} for i in infos]
+        data = {"path": " + ".join(str(d.get("path", "?")) for d in parts), "sha256": "", "sources": parts}
+        held_out = None  # ids of different files are not comparable
     if held_out is not None:  # only questions no source trained on stay held out
         data["val_ids"] = [i for i in data.get("val_ids", []) if i in held_out]
         data["val"] = len(data["val_ids"])
@@ -96,7 +100,7 @@ def merge(name: str, sources: list[str], weights: list[float] | None = None, roo
     """
     from peft import PeftModel
 
-    from app import models, registry
+    from app import models, registry, routing
 
     infos = [registry.get(n, root, v) for n, v in map(parse_source, sources)]
     weights = list(weights) if weights else [1.0 / len(infos)] * len(infos)
@@ -125,9 +129,7 @@ def merge(name: str, sources: list[str], weights: list[float] | None = None, roo
         for f in saved.iterdir():
             shutil.move(str(f), staging / f.name)
         saved.rmdir()
-        for f in ("routing.json", "routing.safetensors"):  # the sources share their training questions' domain
-            if (infos[0].path / f).is_file():
-                shutil.copy2(infos[0].path / f, staging / f)
+        routing.merge_summaries([i.path for i in infos], staging, source=", ".join(i.label for i in infos))
         return registry.install(staging, name, card, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -93,6 +93,29 @@ def build_summary(adapter_dir: Path, questions: list[str], embedder=None, source
     return folder / SUMMARY_WEIGHTS
 
 
+def merge_summaries(sources: list[Path], adapter_dir: Path, source: str = "") -> Path | None:
+    """The routing summary of a merged adapter: the union of its sources' training questions (rows seen in
+    several sources kept once). None when no source has a summary; a ValueError when their embedders differ."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    found = [load_summary(p) for p in sources if (Path(p) / SUMMARY_WEIGHTS).is_file()]
+    if not found:
+        return None
+    embedders = {meta.get("embedder") for meta, _ in found}
+    if len(embedders) > 1:
+        raise ValueError(f"the sources' routing summaries use different embedders ({', '.join(map(str, embedders))});"
+                         " rebuild them with `loracle adapters route-summary NAME --data QA.jsonl`")
+    rows = np.unique(np.concatenate([m.astype("float16") for _, m in found]), axis=0)
+    folder, (meta, _) = Path(adapter_dir), found[0]
+    _atomic_write(folder, SUMMARY_WEIGHTS, lambda tmp: save_file({SUMMARY_KEY: np.ascontiguousarray(rows)}, tmp,
+                                                                 metadata={"embedder": meta["embedder"]}))
+    merged = {**meta, "count": int(rows.shape[0]), "source": source,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    _atomic_write(folder, SUMMARY_META, lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=2) + "\n"))
+    return folder / SUMMARY_WEIGHTS
+
+
 def load_summary(adapter_dir: Path):
     """(meta dict, float32 (n, dim) matrix) of an adapter folder's summary; FileNotFoundError when it has none."""
     from safetensors.numpy import load_file

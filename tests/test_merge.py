@@ -99,3 +99,23 @@ def test_cli_merge_installs_and_prints(root, tiny_model_dir, capsys):
                  "--base-model", str(tiny_model_dir)]) == 0
     assert "installed ens@v1" in capsys.readouterr().out
     assert [a.label for a in registry.list_adapters(root)] == ["ens@v1", "s1@v1", "s2@v1", "s3@v1"]
+
+
+def test_merged_routing_summary_is_the_union_and_other_data_is_listed(root, tiny_model_dir, tmp_path):
+    from app import routing
+
+    routing.build_summary(registry.get("s1", root).path, ["Do statins help?", "Is aspirin safe?"])
+    info = registry.get("s2", root)
+    card = info.card.to_dict()
+    card["training_data"] = {"path": "other.jsonl", "sha256": "1" * 64, "val_ids": ["b"]}
+    shutil.copytree(info.path, tmp_path / "other", ignore=shutil.ignore_patterns("versions"))
+    routing.build_summary(tmp_path / "other", ["Is aspirin safe?", "Does coffee cause cancer?"])
+    registry.install(tmp_path / "other", "s2other", card, root)
+    merged = merge("ens", ["s1", "s2other"], None, root, base_model=str(tiny_model_dir))
+    meta, matrix = routing.load_summary(merged.path)
+    assert meta["count"] == matrix.shape[0] == 3 and meta["source"] == "s1@v1, s2other@v1"
+    data = merged.card.training_data
+    assert [d["adapter"] for d in data["sources"]] == ["s1@v1", "s2other@v1"] and "val_ids" not in data
+    assert data["path"] == "t.jsonl + other.jsonl"
+    assert "Training data: `t.jsonl + other.jsonl`" in (merged.path / "README.md").read_text()
+
