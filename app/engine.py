@@ -139,13 +139,8 @@ class Engine:
         path = Path(name_or_path).expanduser()
         if ("/" in name_or_path or name_or_path.startswith(".")) and path.is_dir():
             info = registry.read_folder(path)
-        elif "@" in name_or_path:
-            name, _, ver = name_or_path.partition("@")
-            if not ver.lstrip("v").isdigit():
-                raise ValueError(f"adapter '{name_or_path}': write a version as NAME@vN, e.g. {name}@v1")
-            info = registry.get(name, self.root, version=int(ver.lstrip("v")))
         else:
-            info = registry.get(name_or_path, self.root)
+            info = registry.get_spec(name_or_path, self.root)
         name = registry.check_name(re.sub(r"[^A-Za-z0-9_-]", "-", info.name)[:64])
         if info.path.resolve() == (self.root / name).resolve():
             return AdapterRef(name, info.version, info.path, name), info

@@ -14,20 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# card fields every source must share: a merged adapter answers with one set of settings
-_SHARED_CARD = ("answer_settings",)
 # adapter_config.json fields that must agree for a cat merge to cover every source's layers
 _SHARED_CONFIG = ("target_modules", "layers_to_transform", "peft_type")
-
-
-def parse_source(spec: str) -> tuple[str, int | None]:
-    """'name' or 'name@vN' -> (name, version or None)."""
-    name, _, ver = spec.partition("@")
-    if not ver:
-        return name, None
-    if not (ver.lstrip("v").isdigit()):
-        raise ValueError(f"adapter '{spec}': write a version as NAME@vN (e.g. medical-pubmedqa@v2)")
-    return name, int(ver.lstrip("v"))
 
 
 def _config_key(cfg: dict, key: str):
@@ -45,30 +33,30 @@ def check_sources(infos: list, weights: list[float]) -> None:
     if any(w <= 0 for w in weights):
         raise ValueError(f"weights must be positive, got {weights}")
     first = infos[0]
+    first_cfg = json.loads((first.path / "adapter_config.json").read_text())
     for info in infos[1:]:
         if info.base_model != first.base_model:
             raise ValueError(f"{info.label} is for {info.base_model} but {first.label} for {first.base_model}; "
                              "only adapters of one base model merge")
+        cfg = json.loads((info.path / "adapter_config.json").read_text())
         for key in _SHARED_CONFIG:
-            a = _config_key(json.loads((first.path / "adapter_config.json").read_text()), key)
-            b = _config_key(json.loads((info.path / "adapter_config.json").read_text()), key)
+            a, b = _config_key(first_cfg, key), _config_key(cfg, key)
             if a != b:
                 raise ValueError(f"{info.label} has {key}={b} but {first.label} has {a}; merge adapters trained "
                                  "with the same --target-modules and --layers")
-        for key in _SHARED_CARD:
-            a, b = first.card.to_dict().get(key), info.card.to_dict().get(key)
-            if a != b:
-                raise ValueError(f"{info.label} answers with {key}={b} but {first.label} with {a}; a merged adapter "
-                                 "has one set of answer-time settings, so merge adapters trained for the same ones")
+        a, b = first.card.answer_settings, info.card.answer_settings
+        if a != b:
+            raise ValueError(f"{info.label} answers with answer_settings={b} but {first.label} with {a}; a merged "
+                             "adapter has one set of answer-time settings, so merge adapters trained for the same ones")
 
 
 def _card(infos: list, weights: list[float], base_info, command: str) -> dict:
-    first = infos[0].card.to_dict()
-    val_lists = [(i.card.to_dict().get("training_data") or {}).get("val_ids") for i in infos]
+    first = infos[0].card
+    val_lists = [i.card.training_data.get("val_ids") for i in infos]
     held_out = None if any(v is None for v in val_lists) else set.intersection(*map(set, val_lists))
-    data = dict(first.get("training_data") or {})
-    if len({(i.card.to_dict().get("training_data") or {}).get("sha256") for i in infos}) > 1:
-        parts = [{"adapter": i.label, **(i.card.to_dict().get("training_data") or {})} for i in infos]
+    data = dict(first.training_data)
+    if len({i.card.training_data.get("sha256") for i in infos}) > 1:
+        parts = [{"adapter": i.label, **i.card.training_data} for i in infos]
         data = {"path": " + ".join(str(d.get("path", "?")) for d in parts), "sha256": "", "sources": parts}
         held_out = None  # ids of different files are not comparable
     if held_out is not None:  # only questions no source trained on stay held out
@@ -82,8 +70,8 @@ def _card(infos: list, weights: list[float], base_info, command: str) -> dict:
         "base_model": {"name": base_info.name, "spec": base_info.spec, "sha256": base_info.sha256},
         "training_data": data,
         "hyperparameters": {"merge": "cat", "weights": weights, "sources": [i.label for i in infos]},
-        "retrieval": first.get("retrieval"),
-        "answer_settings": first.get("answer_settings"),
+        "retrieval": first.retrieval,
+        "answer_settings": first.answer_settings,
         "merged_from": sources,
         "training_time_s": sum(i.card.training_time_s or 0 for i in infos),
         "reproduce": command,
@@ -102,7 +90,7 @@ def merge(name: str, sources: list[str], weights: list[float] | None = None, roo
 
     from app import models, registry, routing
 
-    infos = [registry.get(n, root, v) for n, v in map(parse_source, sources)]
+    infos = [registry.get_spec(s, root) for s in sources]
     weights = list(weights) if weights else [1.0 / len(infos)] * len(infos)
     check_sources(infos, weights)
     model, _, base_info = models.load(base_model or infos[0].card.base_model.spec or infos[0].base_model)

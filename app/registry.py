@@ -203,6 +203,19 @@ def get(name: str, root=None, version: int | None = None) -> AdapterInfo:
     return read_folder(old, name)
 
 
+def get_spec(spec: str, root=None) -> AdapterInfo:
+    """"NAME" (its current version) or "NAME@vN" (that version) -> AdapterInfo.
+
+    Example: `get_spec("medical-pubmedqa@v2").version` -> 2.
+    """
+    name, at, ver = spec.partition("@")
+    if not at:
+        return get(name, root)
+    if not ver.lstrip("v").isdigit():
+        raise ValueError(f"adapter '{spec}': write a version as NAME@vN, e.g. {name}@v1")
+    return get(name, root, version=int(ver.lstrip("v")))
+
+
 def versions(name: str, root=None) -> list[AdapterInfo]:
     """Every version of an adapter, oldest first (the lineage). Example: `[v.label for v in versions("med")]`."""
     cur = get(name, root)

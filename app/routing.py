@@ -72,7 +72,6 @@ def build_summary(adapter_dir: Path, questions: list[str], embedder=None, source
     (each to a temp file, then renamed); returns the routing.safetensors path. `source` (e.g. the data file,
     relative) is recorded. Example: `build_summary(Path("adapters/medical-pubmedqa"), questions)`."""
     import numpy as np
-    from safetensors.numpy import save_file
 
     folder = Path(adapter_dir)
     if not folder.is_dir():
@@ -83,10 +82,18 @@ def build_summary(adapter_dir: Path, questions: list[str], embedder=None, source
     emb = _embedder(embedder)
     vecs = np.asarray(emb.encode(texts), dtype="float32")
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return _write_summary(folder, vecs, emb.name, source)
+
+
+def _write_summary(folder: Path, rows, embedder_name: str, source: str) -> Path:
+    """routing.safetensors (float16 rows) + routing.json, each to a temp file, then renamed."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rows = np.ascontiguousarray(rows.astype("float16"))
     _atomic_write(folder, SUMMARY_WEIGHTS,
-                  lambda tmp: save_file({SUMMARY_KEY: np.ascontiguousarray(vecs.astype("float16"))}, tmp,
-                                        metadata={"embedder": emb.name}))
-    meta = {"format": FORMAT, "embedder": emb.name, "dim": int(vecs.shape[1]), "count": len(texts),
+                  lambda tmp: save_file({SUMMARY_KEY: rows}, tmp, metadata={"embedder": embedder_name}))
+    meta = {"format": FORMAT, "embedder": embedder_name, "dim": int(rows.shape[1]), "count": int(rows.shape[0]),
             "top_k": TOP_K, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": source}
     _atomic_write(folder, SUMMARY_META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
@@ -97,7 +104,6 @@ def merge_summaries(sources: list[Path], adapter_dir: Path, source: str = "") ->
     """The routing summary of a merged adapter: the union of its sources' training questions (rows seen in
     several sources kept once). None when no source has a summary; a ValueError when their embedders differ."""
     import numpy as np
-    from safetensors.numpy import save_file
 
     found = [load_summary(p) for p in sources if (Path(p) / SUMMARY_WEIGHTS).is_file()]
     if not found:
@@ -107,13 +113,7 @@ def merge_summaries(sources: list[Path], adapter_dir: Path, source: str = "") ->
         raise ValueError(f"the sources' routing summaries use different embedders ({', '.join(map(str, embedders))});"
                          " rebuild them with `loracle adapters route-summary NAME --data QA.jsonl`")
     rows = np.unique(np.concatenate([m.astype("float16") for _, m in found]), axis=0)
-    folder, (meta, _) = Path(adapter_dir), found[0]
-    _atomic_write(folder, SUMMARY_WEIGHTS, lambda tmp: save_file({SUMMARY_KEY: np.ascontiguousarray(rows)}, tmp,
-                                                                 metadata={"embedder": meta["embedder"]}))
-    merged = {**meta, "count": int(rows.shape[0]), "source": source,
-              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    _atomic_write(folder, SUMMARY_META, lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=2) + "\n"))
-    return folder / SUMMARY_WEIGHTS
+    return _write_summary(Path(adapter_dir), rows, embedders.pop(), source)
 
 
 def load_summary(adapter_dir: Path):
