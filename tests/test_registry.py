@@ -60,6 +60,12 @@ def test_second_install_bumps_version_and_keeps_lineage(peft_folder, tiny_model_
     assert [a.label for a in registry.list_adapters(root)] == ["med@v3"]
     assert not (tmp_path / "staging-3").exists()  # the staging folder is consumed
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
+    assert registry.get_spec("med", root).version == 3
+    assert registry.get_spec("med@v1", root).version == registry.get_spec("med@1", root).version == 1
+    with pytest.raises(ValueError, match=r"med@x.*NAME@vN, e.g. med@v1"):
+        registry.get_spec("med@x", root)
+    with pytest.raises(FileNotFoundError, match="no version v9"):
+        registry.get_spec("med@v9", root)
 
 
 def test_record_eval_stores_evidence_per_version(peft_folder, tiny_model_dir, tmp_path):
