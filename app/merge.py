@@ -52,16 +52,16 @@ def check_sources(infos: list, weights: list[float]) -> None:
 
 def _card(infos: list, weights: list[float], base_info, command: str) -> dict:
     first = infos[0].card
-    val_lists = [i.card.training_data.get("val_ids") for i in infos]
-    held_out = None if any(v is None for v in val_lists) else set.intersection(*map(set, val_lists))
-    data = dict(first.training_data)
-    if len({i.card.training_data.get("sha256") for i in infos}) > 1:
+    if len({i.card.training_data.get("sha256") for i in infos}) > 1:  # ids of different files are not comparable
         parts = [{"adapter": i.label, **i.card.training_data} for i in infos]
         data = {"path": " + ".join(str(d.get("path", "?")) for d in parts), "sha256": "", "sources": parts}
-        held_out = None  # ids of different files are not comparable
-    if held_out is not None:  # only questions no source trained on stay held out
-        data["val_ids"] = [i for i in data.get("val_ids", []) if i in held_out]
-        data["val"] = len(data["val_ids"])
+    else:  # only questions no source trained on stay held out; a source that lists none may have trained on all
+        data = {k: v for k, v in first.training_data.items() if k not in ("val_ids", "val")}
+        val_lists = [i.card.training_data.get("val_ids") for i in infos]
+        if all(v is not None for v in val_lists):
+            held_out = set.intersection(*map(set, val_lists))
+            data["val_ids"] = [i for i in val_lists[0] if i in held_out]
+            data["val"] = len(data["val_ids"])
     sources = [{"name": i.name, "version": i.version, "weight": w, "reproduce": i.card.reproduce,
                 "hyperparameters": i.card.hyperparameters} for i, w in zip(infos, weights)]
     return {

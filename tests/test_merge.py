@@ -119,3 +119,12 @@ def test_merged_routing_summary_is_the_union_and_other_data_is_listed(root, tiny
     assert data["path"] == "t.jsonl + other.jsonl"
     assert "Training data: `t.jsonl + other.jsonl`" in (merged.path / "README.md").read_text()
 
+
+def test_a_source_without_held_out_ids_leaves_the_merge_none(root, tiny_model_dir, tmp_path):
+    info = registry.get("s2", root)
+    card = info.card.to_dict()
+    card["training_data"] = {"path": "t.jsonl", "sha256": "0" * 64}  # no split recorded: it may have seen all
+    shutil.copytree(info.path, tmp_path / "nosplit", ignore=shutil.ignore_patterns("versions"))
+    registry.install(tmp_path / "nosplit", "s2all", card, root)
+    data = merge("ens", ["s1", "s2all"], None, root, base_model=str(tiny_model_dir)).card.training_data
+    assert data["path"] == "t.jsonl" and "val_ids" not in data and "val" not in data
