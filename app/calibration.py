@@ -28,7 +28,8 @@ def fit_offsets(logprobs: Sequence[dict[str, float]], gold: Sequence[str]) -> di
     import numpy as np
 
     if not logprobs or len(logprobs) != len(gold):
-        raise ValueError("calibration needs the same number (at least one) of scored answers and gold decisions")
+        raise ValueError(f"calibration needs the same number (at least one) of scored answers and gold decisions; "
+                         f"got {len(logprobs)} scored answers and {len(gold)} gold decisions")
     lp = np.array([[row[o] for o in OPTIONS] for row in logprobs])
     y = np.array([OPTIONS.index(g) for g in gold])
     grid = np.array(GRID)
@@ -136,11 +137,13 @@ def items_for_adapter(items, card, data_sha256: str, label: str):
     """The items calibration may use for an adapter: all of them for a set it was not trained on; only its
     held-out validation items for its own training set; refused when those are unknown."""
     trained = card.training_data or {}
-    if trained.get("sha256") != data_sha256:
+    # a merge of adapters trained on different files lists each source's data under "sources"
+    on_this = [d for d in trained.get("sources") or [trained] if d.get("sha256") == data_sha256]
+    if not on_this:
         return items, None
-    held = set(trained.get("val_ids") or [])
-    if not held:
+    if any(not d.get("val_ids") for d in on_this):
         raise ValueError(f"{label} was trained on this file and its card lists no held-out items; calibrate on "
                          "another labelled set (offsets fitted on training items would be optimistic)")
+    held = set.intersection(*(set(d["val_ids"]) for d in on_this))
     kept = [it for it in items if it.id in held]
     return kept, f"{len(kept)} items held out from {label}'s training"

@@ -250,8 +250,9 @@ class Engine:
             p.offsets = None
             return
         use = cfg.calibrate if r.calibrate is None else r.calibrate
-        mode = "fewshot" if r.examples and not p.adapter and not r.retrieval else \
-            mode_of(p.adapter.ref.key if p.adapter else None, r.retrieval)
+        # after retrieval: a question whose index is not built yet is answered, and calibrated, without passages
+        mode = "fewshot" if r.examples and not p.adapter and not p.passages else \
+            mode_of(p.adapter.ref.key if p.adapter else None, bool(p.passages))
         table = (p.adapter.calibration if p.adapter else self.base_calibration) if use else {}
         p.offsets = dict(table.get(mode) or {})
         if p.offsets:
@@ -301,10 +302,10 @@ class Engine:
             if r.passages is not None:  # given, not searched: no index was used
                 p.passages, p.settings["index"] = list(r.passages), None
                 p.settings["source"]["index"] = "request (passages given)"
-            self._decision_plan(p)
             preps.append(p)
         self._retrieve(preps)
         for p in preps:
+            self._decision_plan(p)
             p.messages = prompts.build_messages(p.request.question, p.passages or None, p.settings["template"],
                                                 p.settings["passage_chars"], p.request.examples)
         return preps

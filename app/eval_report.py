@@ -66,6 +66,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+CHARTS = ("accuracy", "latency", "recall")  # the stems plot_summary may draw
+
+
 def plot_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """Matplotlib figures by file stem: accuracy (with CI error bars), latency, recall@k when known.
     Plain `Figure` objects (no pyplot state): save them, show them in a notebook or with st.pyplot."""
@@ -85,8 +88,12 @@ def plot_summary(summary: dict[str, Any]) -> dict[str, Any]:
         heights = [v or 0.0 for v in vals]
         yerr = None
         if err:
-            lo = [max(0.0, h - (per_mode[m].get("accuracy_ci_low") or h)) for m, h in zip(modes, heights)]
-            hi = [max(0.0, (per_mode[m].get("accuracy_ci_high") or h) - h) for m, h in zip(modes, heights)]
+            def bound(m, key, h):
+                v = per_mode[m].get(key)
+                return h if v is None else v
+
+            lo = [max(0.0, h - bound(m, "accuracy_ci_low", h)) for m, h in zip(modes, heights)]
+            hi = [max(0.0, bound(m, "accuracy_ci_high", h) - h) for m, h in zip(modes, heights)]
             yerr = [lo, hi]
         ax.bar(modes, heights, color=colors, yerr=yerr, capsize=4)
         for i, v in enumerate(vals):

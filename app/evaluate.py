@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from app import metrics
-from app.eval_report import compare_markdown, plot_summary, summary_markdown
+from app.eval_report import CHARTS, compare_markdown, plot_summary, summary_markdown
 from app.models import sha256_file
 from app.config import EvalConfig
 from app.prompts import parse_decision
@@ -261,9 +261,14 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike) -> list[Path]:
     _atomic_write(written[0], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
     _atomic_write(written[1], json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n")
     _atomic_write(written[2], summary_markdown(result.summary))
-    for stem, fig in plot_summary(result.summary).items():
-        fig.savefig(out / f"{stem}.png", dpi=110)
+    figs = plot_summary(result.summary)
+    for stem, fig in figs.items():
+        tmp = out / f".{stem}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out / f"{stem}.png")
         written.append(out / f"{stem}.png")
+    for stale in set(CHARTS) - set(figs):  # a chart of an earlier run in this folder would not match its summary
+        (out / f"{stale}.png").unlink(missing_ok=True)
     return written
 
 
@@ -374,7 +379,10 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     todo = [m for m in modes if m not in kept]
     if todo:
         engine = engine or make_engine(cfg)
-        adapter = engine.load_adapter(cfg.adapter) if cfg.adapter else None  # NAME, NAME@vN or a folder
+        spec = cfg.adapter or (engine.config.default_adapter if any(m.startswith("lora") for m in todo) else None)
+        adapter = engine.load_adapter(spec) if spec else None  # NAME, NAME@vN or a folder
+        if prev is not None and kept:
+            _check_resumable(prev.summary, kept, engine, adapter, cfg.index, out_dir)
         if adapter and cfg.index is None and "lora+rag" in todo:
             engine.build_card_index(adapter)
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
@@ -401,6 +409,20 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     if cfg.save_to_card:
         result.extra["card"] = save_to_card(result.summary, root=engine.root if engine else None)
     return result
+
+
+def _check_resumable(prev: dict, kept: list[str], engine, adapter, index: str | None, out_dir: Path) -> None:
+    """Refuse to summarise kept rows with new ones from another base model, adapter or index."""
+    checks = [("base_model", prev.get("base_model"), engine.info.name)]
+    if adapter and any(m.startswith("lora") for m in kept):
+        checks.append(("adapter", prev.get("adapter"), adapter.label))
+    for m in kept:
+        if index is not None and m.endswith("rag"):
+            checks.append((f"index of {m}", (prev.get("index_by_mode") or {}).get(m), index))
+    for key, was, now in checks:
+        if was is not None and was != now:
+            raise ValueError(f"cannot resume {out_dir}: its rows were made with {key} {was!r}, this run uses "
+                             f"{now!r}; use another --out (or the same settings)")
 
 
 def run_compare(cfg: EvalConfig, old: str, new: str, engine=None, progress=None) -> dict[str, Any]:

@@ -193,7 +193,8 @@ def mode_differences(rows: list[dict], modes: Sequence[str], n_resamples: int = 
             values["rouge_l"].setdefault(r["mode"], {})[r["id"]] = float(r["rouge_l"])
     out = []
     for metric, by_mode in values.items():
-        for better, worse in (*KEY_DIFFERENCES, ("lora+rag", "top1"), ("rag", "top1")):
+        top1 = (("lora+rag", "top1"), ("rag", "top1")) if metric == "rouge_l" else ()  # top1 decides nothing
+        for better, worse in (*KEY_DIFFERENCES, *top1):
             if better not in modes or worse not in modes or better not in by_mode or worse not in by_mode:
                 continue
             ids = sorted(set(by_mode[better]) & set(by_mode[worse]))

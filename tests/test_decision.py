@@ -153,15 +153,20 @@ def test_cli_calibrate_stores_base_offsets_and_refuses_an_adapters_training_item
 
 def test_card_generation_budget_and_a_missing_card_index(setup):
     """A card's max_new_tokens applies unless the request sets one; the card's index not built yet (e.g. the
-    background build of medquad) answers without passages and says so, while an index the user names must exist."""
+    background build of medquad) answers without passages and says so, is calibrated as the lora mode it
+    becomes (not with the lora+rag offsets), while an index the user names must exist."""
     engine, d = setup
-    card = card_for(d / "base",
-                    answer_settings={"k": 2, "index": "not-built-yet", "max_new_tokens": 3})
+    card = card_for(d / "base", answer_settings={"k": 2, "index": "not-built-yet", "max_new_tokens": 3},
+                    calibration={"lora": {"yes": 0.0, "no": 1.0, "maybe": -1.0},
+                                 "lora+rag": {"yes": 0.0, "no": -4.0, "maybe": 4.0}, "fitted_on": {"data": "c.jsonl"}})
     registry.install(make_adapter(d / "base", d / "staging-beta", seed=4), "beta", card, d / "adapters")
     q = "How is asthma treated in children?"
     ans = engine.answer(q, adapter="beta", retrieval=True, decide=False)
     assert ans.timings["new_tokens"] <= 3 and not ans.passages
     assert any("'not-built-yet'" in n and "not built yet" in n for n in ans.notes)
+    decided = engine.answer(q, adapter="beta", retrieval=True, decide=True)
+    assert decided.mode == "lora" and decided.decision.offsets == {"yes": 0.0, "no": 1.0, "maybe": -1.0}
+    assert "beta@v1 lora," in decided.decision.calibration
     assert engine.answer(q, adapter="beta", decide=False, max_new_tokens=5).timings["new_tokens"] > 3
     with pytest.raises(FileNotFoundError, match="loracle ingest"):
         engine.answer(q, adapter="beta", retrieval=True, index="not-built-yet", decide=False)
@@ -190,8 +195,15 @@ def test_a_shipped_index_the_card_names_is_built_with_its_own_chunking(setup, sh
     q = "Is asthma treated with inhaled steroids in children?"
     before = engine.answer(q, adapter="gamma", retrieval=True, max_new_tokens=1)
     assert not before.passages and any("not built yet" in n for n in before.notes)
-    engine.build_card_index("gamma")
+    # `loracle eval` without --adapter evaluates the default adapter, and builds its card's index first
+    from app.config import EvalConfig
+    from app.evaluate import run_eval
+
+    monkeypatch.setattr(engine.config, "default_adapter", "gamma")
+    result = run_eval(EvalConfig(data=str(shared_data / "sample" / "dev.jsonl"), modes="lora+rag", limit=1,
+                                 max_new_tokens=1, n_resamples=50), engine, out=tmp_path / "eval")
     assert missing_shipped_indexes() == ["pubmedqa-doc"]  # only the index the card names
+    assert result.rows[0]["index"] == "pubmedqa-1000" and result.rows[0]["retrieved_doc_ids"]
     ix = Index.open("pubmedqa-1000")
     assert (ix.chunk_config.size, ix.chunk_config.overlap) == (1000, 150) and ix.manifest["counts"]["documents"] == 20
     ix.close()

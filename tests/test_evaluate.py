@@ -201,7 +201,7 @@ def test_judge_scores_are_finite_probabilities(tiny_model_dir):
 
 
 def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tiny_model_dir, sample_index, tmp_path,
-                                                               monkeypatch, shared_data):
+                                                               monkeypatch, shared_data, capsys):
     # 3 questions, 2 per batch (a full and a partial batch), rows with passages in batches of their own
     from app import registry
     from app.cli import main
@@ -237,6 +237,15 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "latency.png").is_file()
     info = registry.get("med", registry_root)
     assert info.card["evals"][f"v{info.version}"]["lora"]["n"] == 3
+    # resuming with another adapter would mix its rows with med's: refused, the folder untouched
+    from tests.tiny_adapter import card_for, make_adapter
+
+    registry.install(make_adapter(tiny_model_dir, tmp_path / "staging-other", seed=3), "other",
+                     card_for(tiny_model_dir), root=registry_root)
+    before = (out / "results.jsonl").read_bytes()
+    other = [a if a != "med" else "other" for a in argv]
+    assert main(other + ["--modes", modes + ",top1", "--resume"]) == 2
+    assert "adapter 'med@v" in capsys.readouterr().err and (out / "results.jsonl").read_bytes() == before
 
 
 def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_model_dir, sample_index, tmp_path,
@@ -272,8 +281,6 @@ def _verdict_rows(mode: str, decisions: list[str], latency: float, tokens: int) 
 
 
 def test_verdict_says_not_significant_on_identical_results_and_picks_the_cheaper_mode():
-    from app.verdict import verdict
-
     golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
     same = [g if i % 2 else "yes" for i, g in enumerate(golds)]
     rows = _verdict_rows("lora", same, 0.5, 80) + _verdict_rows("lora+rag", same, 2.0, 700)
@@ -345,5 +352,26 @@ def test_top1_baseline_is_the_first_retrieved_passage(registry_root, tiny_model_
         assert top["answer"] and top["decision"] is None and 0 < top["rouge_l"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert "rouge_l" in summary["metrics"]["top1"]
+    top1_pairs = {(d["a"], d["metric"]) for d in summary["differences"] if d["b"] == "top1"}
+    assert top1_pairs == {("rag", "rouge_l")}  # top1 states no decision: no accuracy difference against it
     assert main(argv + ["--modes", "base,top1", "--out", str(tmp_path / "other")]) != 0
     assert "top1 baseline reuses a rag mode" in capsys.readouterr().err
+
+
+def test_accuracy_error_bars_keep_a_lower_bound_of_zero():
+    from app.eval_report import plot_summary
+
+    summary = {"metrics": {"base": {"accuracy": 0.1, "accuracy_ci_low": 0.0, "accuracy_ci_high": 0.3}}}
+    from matplotlib.container import ErrorbarContainer
+
+    (errorbar,) = [c for c in plot_summary(summary)["accuracy"].axes[0].containers if isinstance(c, ErrorbarContainer)]
+    (segment,) = errorbar.lines[2][0].get_segments()
+    assert [round(float(y), 3) for _, y in segment] == [0.0, 0.3]
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_chart_of_the_earlier_run(tmp_path):
+    (tmp_path / "recall.png").write_bytes(b"an earlier run's chart, with rag modes")
+    rows = rows_for("lora", ["Yes.", "No.", "No."])
+    write_results(EvalResult(rows, summarize(rows, {"modes": ["lora"], "k": 5, "n_items": 3})), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"results.jsonl", "summary.json", "summary.md", "accuracy.png",
+                                                    "latency.png"}

@@ -118,6 +118,14 @@ def test_merged_routing_summary_is_the_union_and_other_data_is_listed(root, tiny
     assert [d["adapter"] for d in data["sources"]] == ["s1@v1", "s2other@v1"] and "val_ids" not in data
     assert data["path"] == "t.jsonl + other.jsonl"
     assert "Training data: `t.jsonl + other.jsonl`" in (merged.path / "README.md").read_text()
+    # calibrating the merge on either source's file keeps only that source's held-out questions
+    from app.calibration import items_for_adapter
+    from app.questions import QAItem
+
+    items = [QAItem(id=i, question=f"Is {i} true?", final_decision="yes") for i in "abcde"]
+    assert [it.id for it in items_for_adapter(items, merged.card, "0" * 64, "ens@v1")[0]] == ["a", "b", "c"]
+    assert [it.id for it in items_for_adapter(items, merged.card, "1" * 64, "ens@v1")[0]] == ["b"]
+    assert items_for_adapter(items, merged.card, "2" * 64, "ens@v1") == (items, None)
 
 
 def test_a_source_without_held_out_ids_leaves_the_merge_none(root, tiny_model_dir, tmp_path):
