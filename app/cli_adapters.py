@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapters", help="list, show or remove adapters in the registry")
     asub = p.add_subparsers(dest="adapters_command", required=True)
     for cmd, help_, func in (("list", "list installed adapters", _run_list),
-                             ("show", "show an adapter's card", _run_show),
+                             ("show", "show an adapter's card (NAME or NAME@vN)", _run_show),
                              ("remove", "delete an adapter and all its versions", _run_remove)):
         q = asub.add_parser(cmd, help=help_)
         if cmd != "list":
@@ -68,8 +68,8 @@ def _run_list(args: argparse.Namespace) -> int:
 def _run_show(args: argparse.Namespace) -> int:
     from app import registry
 
-    info = registry.get(args.name, args.root)
-    lineage = [v.label for v in registry.versions(args.name, args.root)]
+    info = registry.get_spec(args.name, args.root)  # NAME or NAME@vN
+    lineage = [v.label for v in registry.versions(info.name, args.root)]
     if args.json:
         print(json.dumps({"path": str(info.path), "lineage": lineage, "card": info.card.to_dict()}, indent=2))
     else:

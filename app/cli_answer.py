@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from app.cliconfig import positive_int
 from app.config import DEFAULT_ADAPTER, DEFAULT_INDEX, EngineConfig
 
 AUTO = "auto"  # app.engine.AUTO (not imported here: `loracle --help` stays free of torch)
@@ -22,8 +23,8 @@ def _common_arguments(p: argparse.ArgumentParser, rag_flag: bool) -> None:
         p.add_argument("--rag", action="store_true", help="retrieve passages and cite them")
     p.add_argument("--index", default=None, help=f"index for retrieval (default: the adapter card's, else "
                    f"{DEFAULT_INDEX})")
-    p.add_argument("-k", type=int, default=None, help="passages to retrieve (default: the adapter card's, else 3)")
-    p.add_argument("--passage-chars", type=int, default=None,
+    p.add_argument("-k", type=positive_int, default=None, help="passages to retrieve (default: the adapter card's, else 3)")
+    p.add_argument("--passage-chars", type=positive_int, default=None,
                    help="characters per passage (default: the adapter card's, else whole chunks)")
     p.add_argument("--decide", action=argparse.BooleanOptionalAction, default=None,
                    help="force a yes/no/maybe decision on (--decide) or off (--no-decide); default: detected "
@@ -84,6 +85,11 @@ def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
             print(f"  [{c.number}] {c.passage.doc_id}{loc}")
         else:
             print(f"  [{c.number}] flagged: no passage {c.number} was given to the model (not a source)")
+    cited = {c.number for c in answer.citations if c.valid}
+    unread = [f"[{i}] {p.doc_id}{', ' + p.location if p.location else ''}"
+              for i, p in enumerate(answer.passages, 1) if i not in cited]
+    if unread:
+        print(f"  passages given{', not cited' if cited else ''}: {'; '.join(unread)}")
 
 
 def _run_ask(args: argparse.Namespace) -> int:

@@ -80,14 +80,18 @@ def _run_ingest(args) -> int:
     from tqdm import tqdm
 
     from ingest.config import DEFAULT_EMBEDDER, ChunkConfig
-    from ingest.index import Index, index_path
+    from ingest.index import Index, index_path, remove_index
     from ingest.pipeline import ingest_paths
 
     if not args.paths and not args.remove:
         raise ValueError("nothing to do: give files/folders to add, or --remove DOC")
     config = _ingest_config(args)
     layout = {"index_type": args.index_type, "store": args.store, "uri": args.uri}
-    if not (index_path(args.index) / "manifest.json").is_file():
+    created = not (index_path(args.index) / "manifest.json").is_file()
+    if created and not args.paths:
+        raise FileNotFoundError(f"no index '{args.index}' to remove documents from; `loracle index list` shows the "
+                                "indexes")
+    if created:
         Index.create(args.index, embedder=config.embedder if config else DEFAULT_EMBEDDER,
                      chunk=config.chunk if config else ChunkConfig(),
                      **{k: v for k, v in layout.items() if v is not None}).close()
@@ -110,6 +114,9 @@ def _run_ingest(args) -> int:
         report = ingest_paths(args.paths, index=args.index, config=config, progress=progress, remove=args.remove)
     finally:
         bar.close()
+    if created and not report.added:  # a typo'd name must not leave an empty index behind
+        remove_index(args.index)
+        report.index = f"{report.index} (not created: no document was added)"
     if args.json:
         from dataclasses import asdict
 
@@ -183,7 +190,7 @@ def _search_queries(args, retriever) -> int:
             out.close()
     gold = [r for r in rows if r["context_doc_id"]]
     if gold:
-        ks = [k for k in (1, 5, 10) if k <= args.k]
+        ks = sorted({k for k in (1, 5, 10) if k <= args.k} | {args.k})
         summary = recall_at([r["doc_ids"] for r in gold], [r["context_doc_id"] for r in gold], ks)
         print(f"{len(gold)} questions, {'hybrid' if args.hybrid else 'dense'}: "
               + "  ".join(f"recall@{k}={v:.3f}" for k, v in summary.items()), file=sys.stderr)

@@ -44,6 +44,17 @@ def _default(f: dataclasses.Field):
     return None
 
 
+def positive_int(text: str) -> int:
+    """An int flag that must be at least 1 (a count, k, a budget): refused by argparse, before any model loads."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed here: give a whole number of at least 1")
+    return value
+
+
 def _parser(kind, none_allowed: bool):
     """The flag's value parser; "none" gives None for an optional field whose default is not None."""
     if not none_allowed:
@@ -72,8 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] =
         else:
             kw.update(default=",".join(default) if kind is tuple and default else default)
         if kind is not bool:
-            kw["type"] = _parser({int: int, float: float}.get(kind, str), optional and _default(f) is not None)
+            value = positive_int if f.name in getattr(cls, "POSITIVE", ()) else {int: int, float: float}.get(kind, str)
+            kw["type"] = _parser(value, optional and _default(f) is not None)
             kw["metavar"] = f.name.upper() if kind is not tuple else "A,B"
+        if f.name in getattr(cls, "FIELD_CHOICES", {}):
+            kw["choices"] = cls.FIELD_CHOICES[f.name]
         parser.add_argument(*names, **kw)
 
 

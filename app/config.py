@@ -35,6 +35,7 @@ def _help(text: str, env: str | None = None, **kw):
 
 @dataclass
 class EngineConfig:
+    POSITIVE: ClassVar[tuple[str, ...]] = ("k", "passage_chars", "max_new_tokens", "threads", "max_batch", "queue_limit")
     base_model: str | None = _help("base model: built-in name, local folder or hub id "
                                    "(default smollm2-135m-instruct)", "LORACLE_BASE_MODEL", default=None)
     adapters_dir: str | None = _help("adapter registry folder (default adapters/)", "LORACLE_ADAPTERS", default=None)
@@ -151,6 +152,9 @@ class EvalConfig:
         "seed": "bootstrap and few-shot seed",
         "threads": "torch CPU threads",
     }
+    FIELD_CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"decisions": ("scored", "free", "both")}
+    POSITIVE: ClassVar[tuple[str, ...]] = ("k", "passage_chars", "limit", "sample", "max_new_tokens",
+                                           "questions_per_batch", "n_resamples", "threads")
 
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -283,6 +283,9 @@ class Engine:
             by_q = dict(zip(questions, results))
             for p in items:
                 p.passages, p.retrieval_s = list(by_q[p.request.question]), took
+                if not p.passages:
+                    p.notes.append(f"index '{index}' returned no passages (is it empty? `loracle index list`); "
+                                   "answered without passages")
                 note = _chunking_note(p, retriever.index)
                 if note:
                     p.notes.append(note)

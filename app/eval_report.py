@@ -43,7 +43,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells.append(cell)
         lines.append(f"| {' | '.join(cells)} |")
     title = (f"Evaluation: {summary.get('n_items')} questions from {summary.get('data') or '(in memory)'}, "
-             f"adapter {summary.get('adapter') or '–'}, index {_indexes(summary)}, k={k}, "
+             f"adapter {summary.get('adapter') or '–'}, index {_per_mode(summary, 'index')}, k={_per_mode(summary, 'k')}, "
              f"base model {summary.get('base_model') or '–'}")
     head_lines = [title, ""]
     if (summary.get("verdict") or {}).get("text"):
@@ -128,9 +128,9 @@ def compare_markdown(report: dict[str, Any], questions: dict[str, str] | None = 
     return "\n".join(lines) + "\n"
 
 
-def _indexes(summary: dict) -> str:
-    """The index the rag modes searched, per mode when they differ (an adapter card may name its own)."""
-    by_mode = {m: ix for m, ix in (summary.get("index_by_mode") or {}).items() if ix}
+def _per_mode(summary: dict, key: str) -> str:
+    """The index (or k) the rag modes used, per mode when they differ (an adapter card may name its own)."""
+    by_mode = {m: v for m, v in (summary.get(f"{key}_by_mode") or {}).items() if v}
     if len(set(by_mode.values())) > 1:
-        return ", ".join(f"{ix} ({m})" for m, ix in by_mode.items())
-    return summary.get("index") or "–"
+        return ", ".join(f"{v} ({m})" for m, v in by_mode.items())
+    return str(summary.get(key) or "–")

@@ -428,7 +428,14 @@ def _check_resumable(prev: dict, kept: list[str], engine, adapter, index: str | 
 def run_compare(cfg: EvalConfig, old: str, new: str, engine=None, progress=None) -> dict[str, Any]:
     """Regression report of `new` against `old`; each is a results folder or an adapter to evaluate now
     (name, name@vN or folder) on cfg.data. Writes compare.json and compare.md into cfg.out."""
+    from app import registry
+    from app.config import adapters_dir
+
     out_dir = Path(cfg.out or Path("runs") / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    for spec in (old, new):  # a typo or a missing version fails before either side is evaluated
+        folder = ("/" in spec or spec.startswith(".")) and Path(spec).expanduser().is_dir()  # as Engine.resolve
+        if not (Path(spec) / RESULTS_FILE).is_file() and not folder:
+            registry.get_spec(spec, engine.root if engine is not None else adapters_dir())
     results = []
     for tag, spec in (("a", old), ("b", new)):
         if (Path(spec) / RESULTS_FILE).is_file():

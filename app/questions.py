@@ -27,6 +27,8 @@ class QAItem:
 def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QAItem]:
     """Read a QA JSONL file; a malformed line raises ValueError naming the file, the line and the problem."""
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit {limit}: give at least 1 question (--limit N), or leave it out for all")
     if not path.is_file():
         raise FileNotFoundError(f"question file '{path}' not found; pass --data PATH to a QA JSONL file")
     items: list[QAItem] = []

@@ -199,7 +199,10 @@ def get(name: str, root=None, version: int | None = None) -> AdapterInfo:
         return info
     old = path / "versions" / f"v{version}"
     if not old.is_dir():
-        raise FileNotFoundError(f"adapter '{name}' has no version v{version} (current is v{info.version})")
+        have = sorted([int(p.name[1:]) for p in (path / "versions").glob("v*") if p.name[1:].isdigit()]
+                      + [info.version])
+        raise FileNotFoundError(f"adapter '{name}' has no version v{version}; it has "
+                                f"{', '.join(f'v{v}' for v in have)} (current v{info.version}): use {name}@vN")
     return read_folder(old, name)
 
 

@@ -7,6 +7,7 @@ committed together, so a failure leaves the existing index as it was.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -98,8 +99,10 @@ def build_shipped_index(name: str, progress: Progress | None = None) -> IngestRe
     shipped = SHIPPED_INDEXES[name]
     missing = [part for part in shipped.corpus if not (home() / part).is_file()]
     if missing:
-        raise FileNotFoundError(f"the corpus of index '{name}' is missing ({', '.join(missing)}); restore it from "
-                                f"the repository")
+        where = ", ".join(str(home() / part) for part in missing)
+        fix = ("copy the repository's data/ folder there, or unset LORACLE_HOME" if "LORACLE_HOME" in os.environ
+               else "restore it from the repository (git checkout -- data)")
+        raise FileNotFoundError(f"the corpus of index '{name}' is missing ({where}); {fix}")
     config = IngestConfig(chunk=shipped.chunk) if shipped.chunk else None
     return ingest_paths([home() / part for part in shipped.corpus], index=name, config=config, progress=progress)
 
@@ -160,6 +163,7 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
 
 def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestReport:
     """Remove documents by id; an id not in the index is listed in `report.rejected`."""
+    Index.open(index).close()  # a missing index is an error, not a new empty one
     return ingest_paths([], index=index, remove=doc_ids)
 
 

@@ -28,3 +28,18 @@ def test_index_defaults_come_from_app_config():
     assert parser.parse_args(["search", "q"]).index == DEFAULT_INDEX
     assert parser.parse_args(["ask", "q"]).index is None  # the engine's own default applies
     assert parser.parse_args(["--debug", "index", "list"]).debug
+
+
+def test_counts_and_choices_are_refused_by_the_parser_before_any_model_loads(capsys):
+    import pytest
+
+    parser = build_parser()
+    for argv, message in ((["ask", "q", "-k", "0"], "-k: 0 is not allowed here"),
+                          (["ask", "q", "--max-new-tokens", "-1"], "--max-new-tokens: -1 is not allowed here"),
+                          (["eval", "--data", "d.jsonl", "--limit", "0"], "--limit: 0 is not allowed here"),
+                          (["eval", "--data", "d.jsonl", "-k", "two"], "'two' is not a whole number"),
+                          (["eval", "--data", "d.jsonl", "--decisions", "scroed"], "invalid choice: 'scroed'")):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert parser.parse_args(["eval", "--data", "d.jsonl", "-k", "2"]).k == 2

@@ -251,3 +251,14 @@ def test_an_index_chunked_otherwise_than_the_adapters_training_index_is_noted(se
         assert bool(hits) == noted
         if noted:
             assert f"--chunk-size {now['size'] + 300}" in hits[0] and f"{now['size']}/{now['overlap']}" in hits[0]
+
+
+def test_an_empty_index_answers_without_passages_and_says_so(setup, tmp_path):
+    from ingest.index import Index
+
+    engine, _ = setup
+    Index.create(tmp_path / "empty").close()
+    ans = engine.answer("Is asthma treated with steroids?", retrieval=True, index=str(tmp_path / "empty"),
+                        max_new_tokens=1)
+    assert ans.mode == "base" and not ans.passages
+    assert any("returned no passages" in n for n in ans.notes)

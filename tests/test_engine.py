@@ -179,7 +179,7 @@ def test_empty_question_is_refused(setup):
         setup[0].answer("   ")
 
 
-def test_cli_ask_json_and_stream(setup, monkeypatch, capsys):
+def test_cli_ask_json_and_stream(setup, sample_index, monkeypatch, capsys):
     import json
 
     from app.cli import main
@@ -194,6 +194,11 @@ def test_cli_ask_json_and_stream(setup, monkeypatch, capsys):
     assert main(["ask", QUESTIONS[0], "--base-model", str(base), "--stream", "--max-new-tokens", "10"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(engine.answer(QUESTIONS[0]).text) and "[base ·" in printed
+    assert main(["ask", QUESTIONS[0], "--rag", "--index", str(sample_index), "-k", "2", "--base-model", str(base),
+                 "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+    given = engine.answer(QUESTIONS[0], retrieval=True, index=str(sample_index), k=2, max_new_tokens=3).passages
+    assert "passages given" in printed and all(p.doc_id in printed for p in given)  # what was read, cited or not
     assert main(["ask", QUESTIONS[0], "--adapter", "nope", "--base-model", str(base)]) == 2
     assert "no adapter 'nope'" in capsys.readouterr().err
 

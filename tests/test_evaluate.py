@@ -104,7 +104,7 @@ def test_summary_differences_and_markdown(tmp_path):
     assert back.rows == json.loads(json.dumps(rows)) and back.summary["metrics"] == summary["metrics"]
 
 
-def test_the_summary_names_each_modes_index_when_an_adapter_card_names_its_own():
+def test_the_summary_names_each_modes_index_and_k_when_an_adapter_card_names_its_own():
     from app.eval_report import summary_markdown
 
     same = {"n_items": 3, "modes": ["rag", "lora+rag"], "index": "pubmedqa",
@@ -112,6 +112,9 @@ def test_the_summary_names_each_modes_index_when_an_adapter_card_names_its_own()
     assert "index pubmedqa," in summary_markdown({**same, "metrics": {}})
     own = {**same, "index_by_mode": {"rag": "pubmedqa", "lora+rag": "pubmedqa-1000"}}
     assert "index pubmedqa (rag), pubmedqa-1000 (lora+rag)," in summary_markdown({**own, "metrics": {}})
+    ks = {**own, "k": 3, "k_by_mode": {"rag": 3, "lora+rag": 1}}
+    assert "k=3 (rag), 1 (lora+rag)," in summary_markdown({**ks, "metrics": {}})
+    assert "k=–," in summary_markdown({"n_items": 3, "modes": ["base"], "k": None, "metrics": {}})
 
 
 def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
@@ -130,6 +133,9 @@ def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
         assert str(path) in str(exc.value) and message in str(exc.value), str(exc.value)
     with pytest.raises(FileNotFoundError, match="--data"):
         load_questions(tmp_path / "missing.jsonl")
+    for limit in (0, -3):
+        with pytest.raises(ValueError, match=f"limit {limit}: give at least 1 question"):
+            load_questions(path, limit)
 
 
 def test_missing_optional_fields_switch_metrics_off(tmp_path):
@@ -249,7 +255,7 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
 
 
 def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_model_dir, sample_index, tmp_path,
-                                                         monkeypatch, shared_data):
+                                                         monkeypatch, shared_data, capsys):
     from app import registry
     from app.cli import main
     from tests.tiny_adapter import card_for, make_adapter
@@ -259,6 +265,10 @@ def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_mod
                          card_for(tiny_model_dir), root=registry_root)
     monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
     out = tmp_path / "cmp"
+    # a missing version is refused before the first side is evaluated, naming the versions there are
+    assert main(["eval", "--compare", "med@v1", "med@v9", "--data", str(shared_data / "sample" / "dev.jsonl"),
+                 "--base-model", str(tiny_model_dir), "--out", str(out)]) == 2
+    assert "no version v9; it has v1, v" in capsys.readouterr().err and not out.exists()
     assert main(["eval", "--compare", "med@v1", "med", "--data", str(shared_data / "sample" / "dev.jsonl"),
                  "--modes", "lora,lora+rag", "--index", str(sample_index), "-k", "2", "--limit", "2",
                  "--max-new-tokens", "2", "--base-model", str(tiny_model_dir), "--out", str(out),
@@ -300,6 +310,17 @@ def test_verdict_names_a_significant_winner():
     assert v["best"] == "rag" and v["recommended"] == "rag"
     assert v["comparisons"][0]["significant"] and v["comparisons"][0]["ci_low"] > 0
     assert "**rag** scores best by macro-F1" in v["text"]
+
+
+def test_verdict_does_not_call_a_mode_cheaper_on_latency_noise():
+    """base and lora read the same prompt: a few percent less wall time (a shared CPU) does not make the
+    worse-scoring one "enough"; more questions are needed instead."""
+    golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
+    near = [g if i % 5 else "yes" for i, g in enumerate(golds)]
+    rows = _verdict_rows("base", near, 2.14, 65) + _verdict_rows("lora", golds[:21] + ["yes"] * 3, 2.2, 65)
+    v = summarize(rows, {"modes": ["base", "lora"], "k": 3})["verdict"]
+    assert not v["comparisons"][0]["significant"] and v["recommended"] == v["best"]
+    assert "enough" not in v["text"] and "more questions are needed" in v["text"]
 
 
 def test_summary_reports_uncalibrated_parsed_and_per_class_recall():

@@ -30,6 +30,12 @@ def test_ingest_index_and_remove_commands(shared_data, tmp_path, monkeypatch, ca
 
     assert main(["ingest", "--remove", "pubmed-9854965", "--index", "mine"]) == 0
     assert "removed 1" in capsys.readouterr().out
+    # a typo'd index name neither creates an empty index nor passes silently
+    assert main(["ingest", "--remove", "pubmed-9854965", "--index", "mnie"]) == 2
+    assert "no index 'mnie'" in capsys.readouterr().err
+    assert main(["ingest", str(docs / "notes.xyz"), "--index", "mnie"]) == 1
+    assert "not created: no document was added" in capsys.readouterr().out
+    assert not (tmp_path / "indexes" / "mnie").exists()
     assert main(["ingest", str(docs), "--index", "mine", "--embedder", "some/other-model"]) == 2
     assert "built with embedder 'all-MiniLM-L6-v2'" in capsys.readouterr().err
     assert main(["index", "remove", "mine"]) == 0
@@ -67,4 +73,7 @@ def test_search_command(sample_index, shared_data, tmp_path, capsys):
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert len(rows) == 10 and all(len(r["doc_ids"]) == len(set(r["doc_ids"])) <= 5 for r in rows)
     assert "recall@1=" in capsys.readouterr().err
+    assert main(["search", "--queries", str(shared_data / "sample" / "dev.jsonl"), "--index", str(sample_index),
+                 "-k", "3", "--out", str(out_file)]) == 0
+    assert "recall@1=" in (err := capsys.readouterr().err) and "recall@3=" in err
     assert sum(r["context_doc_id"] in r["doc_ids"] for r in rows) >= 9

@@ -389,3 +389,13 @@ def test_missing_shipped_index_builds_as_a_background_job(shared_data, tmp_path,
     assert len(Index.open("medquad")) > 0 and Index.open("pubmedqa-1000").chunk_config.size == 1000
     assert len(Index.open("pubmedqa-doc")) == 20  # one chunk per abstract
     assert build_missing_indexes() == []
+
+
+def test_a_shipped_corpus_missing_under_loracle_home_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    from ingest.pipeline import build_shipped_index
+
+    monkeypatch.setenv("LORACLE_HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError) as err:
+        build_shipped_index("pubmedqa-doc")
+    assert str(tmp_path / "home" / "data" / "pubmedqa" / "corpus.jsonl") in str(err.value)
+    assert "LORACLE_HOME" in str(err.value)

@@ -156,6 +156,10 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     assert main(["adapters", "show", "med", "--root", str(root), "--json"]) == 0
     shown = _json.loads(capsys.readouterr().out)
     assert shown["lineage"] == ["med@v1", "med@v2"] and shown["card"]["parent"]["version"] == 1
+    assert main(["adapters", "show", "med@v1", "--root", str(root), "--json"]) == 0
+    assert _json.loads(capsys.readouterr().out)["path"].endswith("versions/v1")
+    assert main(["adapters", "show", "med@v7", "--root", str(root)]) == 2
+    assert "no version v7; it has v1, v2 (current v2)" in capsys.readouterr().err
     assert main(["adapters", "remove", "med", "--yes", "--root", str(root)]) == 0
     assert not (root / "med").exists()
     assert main(["adapters", "show", "med", "--root", str(root)]) == 2
