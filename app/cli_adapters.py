@@ -55,14 +55,20 @@ def _run_list(args: argparse.Namespace) -> int:
         return 0
     if not good and not bad:
         print(f"no adapters in {registry.root_dir(args.root)}; train one with `loracle train`")
+    if good:
+        print(f"{'adapter':32} {'base model':40} evaluation stored for this version (accuracy / macro-F1 per mode)")
     for a in good:
         evals = a.card.evals.get(f"v{a.version}") or {}
-        score = " ".join(f"{m}={v.get('accuracy')}" for m, v in evals.items()
+        score = " ".join(f"{m} {_fig(v.get('accuracy'))}/{_fig(v.get('macro_f1'))}" for m, v in evals.items()
                          if isinstance(v, dict) and "accuracy" in v)
-        print(f"{a.label:32} base {a.base_model:40} {score}")
+        print(f"{a.label:32} {a.base_model:40} {score or '–'}")
     for p, r in bad:
         print(f"INVALID {p.name}: {r}", file=sys.stderr)
     return 0
+
+
+def _fig(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _run_show(args: argparse.Namespace) -> int:

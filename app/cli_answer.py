@@ -93,6 +93,9 @@ def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
 
 
 def _run_ask(args: argparse.Namespace) -> int:
+    for flag, value in (("--index", args.index), ("-k", args.k), ("--passage-chars", args.passage_chars)):
+        if value is not None and not args.rag:
+            raise ValueError(f"{flag} {value} sets retrieval, which is off: add --rag, or drop {flag}")
     engine = _engine_from(args, (args.adapter,) if args.adapter and args.adapter != AUTO else ())
     kw = dict(adapter=args.adapter, retrieval=args.rag, **_request_options(args))
     if args.rag and args.index is None:

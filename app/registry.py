@@ -191,9 +191,13 @@ def get(name: str, root=None, version: int | None = None) -> AdapterInfo:
     _recover(root)
     path = root / check_name(name)
     if not path.is_dir():
-        known = ", ".join(a.name for a in list_adapters(root)) or "none"
-        raise FileNotFoundError(f"no adapter '{name}' in {root} (installed: {known}); train one with "
-                                f"`loracle train --name {name}` or pass a folder path")
+        import difflib
+
+        names = [a.name for a in list_adapters(root)]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? Else train" if close else "train"
+        raise FileNotFoundError(f"no adapter '{name}' in {root} (installed: {', '.join(names) or 'none'}); {hint} "
+                                f"one with `loracle train --name {name}` or pass a folder path")
     info = read_folder(path, name)
     if version is None or version == info.version:
         return info

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # The one place the offline environment is set (every entry point imports this module before any HF library).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+# transformers' "Loading weights" bar on every model and adapter load (nothing is downloaded here); set it to 0 to see it
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# peft still calls transformers 5's deprecated `is_gradient_checkpointing` on every adapter load: nothing to act on
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 # The index that `ingest_paths`, `loracle ingest/ask` and the UI use when none is named: built from
 # data/pubmedqa/corpus.jsonl on first run (ingest.pipeline.ensure_default_index).

@@ -43,3 +43,8 @@ def test_counts_and_choices_are_refused_by_the_parser_before_any_model_loads(cap
             parser.parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
     assert parser.parse_args(["eval", "--data", "d.jsonl", "-k", "2"]).k == 2
+
+
+def test_retrieval_settings_without_rag_are_refused(capsys):
+    assert main(["ask", "Is aspirin safe?", "--index", "mine"]) == 2
+    assert "--index mine sets retrieval, which is off: add --rag" in capsys.readouterr().err

@@ -153,6 +153,7 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     assert main(["adapters", "list", "--root", str(root)]) == 0
     out = capsys.readouterr()
     assert "med@v2" in out.out and "INVALID broken" in out.err and "pickle" in out.err
+    assert out.out.startswith("adapter ") and "accuracy / macro-F1" in out.out
     assert main(["adapters", "show", "med", "--root", str(root), "--json"]) == 0
     shown = _json.loads(capsys.readouterr().out)
     assert shown["lineage"] == ["med@v1", "med@v2"] and shown["card"]["parent"]["version"] == 1
@@ -160,6 +161,8 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     assert _json.loads(capsys.readouterr().out)["path"].endswith("versions/v1")
     assert main(["adapters", "show", "med@v7", "--root", str(root)]) == 2
     assert "no version v7; it has v1, v2 (current v2)" in capsys.readouterr().err
+    assert main(["adapters", "show", "mde", "--root", str(root)]) == 2
+    assert "did you mean 'med'?" in capsys.readouterr().err
     assert main(["adapters", "remove", "med", "--yes", "--root", str(root)]) == 0
     assert not (root / "med").exists()
     assert main(["adapters", "show", "med", "--root", str(root)]) == 2
