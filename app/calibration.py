@@ -138,7 +138,10 @@ def items_for_adapter(items, card, data_sha256: str, label: str):
     held-out validation items for its own training set; refused when those are unknown."""
     trained = card.training_data or {}
     # a merge of adapters trained on different files lists each source's data under "sources"
-    on_this = [d for d in trained.get("sources") or [trained] if d.get("sha256") == data_sha256]
+    def leaves(data: dict) -> list[dict]:  # a source may itself be a merge of several files
+        return [leaf for src in data["sources"] for leaf in leaves(src)] if data.get("sources") else [data]
+
+    on_this = [d for d in leaves(trained) if d.get("sha256") == data_sha256]
     if not on_this:
         return items, None
     if any(not d.get("val_ids") for d in on_this):

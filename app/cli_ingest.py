@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from app.cliconfig import positive_int
 from app.config import DEFAULT_INDEX, DEFAULT_K
 
 
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="retrieve passages for a question (or a JSONL file of questions)")
     p.add_argument("query", nargs="?", help="the question, in quotes")
     p.add_argument("--index", default=DEFAULT_INDEX, help=f"index name or folder (default: {DEFAULT_INDEX})")
-    p.add_argument("-k", type=int, default=DEFAULT_K, help=f"passages (or, with --queries, documents) to return (default {DEFAULT_K})")
+    p.add_argument("-k", type=positive_int, default=DEFAULT_K, help=f"passages (or, with --queries, documents) to return (default {DEFAULT_K})")
     p.add_argument("--hybrid", action="store_true", help="dense + BM25, fused by reciprocal rank fusion")
     p.add_argument("--reranker", default=None, help="local cross-encoder folder to rerank candidates")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -110,12 +111,14 @@ def _run_ingest(args) -> int:
         bar.n = done
         bar.set_postfix_str(name[-40:], refresh=True)
 
+    report = None
     try:
         report = ingest_paths(args.paths, index=args.index, config=config, progress=progress, remove=args.remove)
     finally:
         bar.close()
-    if created and not report.added:  # a typo'd name must not leave an empty index behind
-        remove_index(args.index)
+        if created and not (report and report.added):  # a typo'd name (or a failed run) leaves no empty index
+            remove_index(args.index)
+    if created and not report.added:
         report.index = f"{report.index} (not created: no document was added)"
     if args.json:
         from dataclasses import asdict

@@ -214,7 +214,6 @@ def evaluate(engine, items: Sequence[QAItem], modes: Sequence[str] = MODES, adap
 def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapter=None, **recorded) -> dict:
     """The settings an evaluation records in its summary (what ran, on what, with which k per mode)."""
     info = getattr(engine, "info", None)
-    rag_ks = sorted({r["k"] for r in rows if r["mode"].endswith("rag") and r.get("k")})
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(data_path) if data_path else None,
@@ -222,6 +221,19 @@ def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapt
         "n_items": len({r["id"] for r in rows}),
         "modes": modes,
         "adapter": next((r["adapter"] for r in rows if r["adapter"]), adapter),
+        **_retrieval_settings(rows, modes, k),
+        **recorded,
+        "base_model": getattr(info, "name", None),
+        "judge": getattr(judge, "name", None),
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def _retrieval_settings(rows: list[dict], modes: Sequence[str], k: int | None = None) -> dict[str, Any]:
+    """The index, k and passage length each rag mode's rows used (read back from the rows, so a resumed run's
+    kept modes keep theirs)."""
+    rag_ks = sorted({r["k"] for r in rows if r["mode"].endswith("rag") and r.get("k")})
+    return {
         "index": next((r["index"] for r in rows if r["mode"].endswith("rag")), None),
         "index_by_mode": {m: next((r["index"] for r in rows if r["mode"] == m and r.get("index")), None)
                           for m in modes if m.endswith("rag")},
@@ -230,10 +242,6 @@ def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapt
                       if m.endswith("rag")},
         "passage_chars_by_mode": {m: next((r["passage_chars"] for r in rows if r["mode"] == m), None)
                                   for m in modes if m.endswith("rag")},
-        **recorded,
-        "base_model": getattr(info, "name", None),
-        "judge": getattr(judge, "name", None),
-        "wall_s": round(wall_s, 2),
     }
 
 
@@ -365,7 +373,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     if cfg.resume and (out_dir / RESULTS_FILE).is_file():
         prev = load_results(out_dir)
         same = [("data_sha256", sha256_file(Path(cfg.data))), ("max_new_tokens", cfg.max_new_tokens),
-                ("decisions", cfg.decisions), ("calibrate", cfg.calibrate), ("few_shot", cfg.few_shot)]
+                ("decisions", cfg.decisions), ("calibrate", cfg.calibrate), ("few_shot", cfg.few_shot),
+                ("few_shot_data", cfg.few_shot_data)]
         if cfg.k is not None:  # None: the adapter's / engine's k, whatever the earlier run recorded
             same.append(("k", cfg.k))
         for key, want in same:
@@ -382,7 +391,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
         spec = cfg.adapter or (engine.config.default_adapter if any(m.startswith("lora") for m in todo) else None)
         adapter = engine.load_adapter(spec) if spec else None  # NAME, NAME@vN or a folder
         if prev is not None and kept:
-            _check_resumable(prev.summary, kept, engine, adapter, cfg.index, out_dir)
+            _check_resumable(prev.summary, kept, engine, adapter, cfg.index, cfg.passage_chars, out_dir)
         if adapter and cfg.index is None and "lora+rag" in todo:
             engine.build_card_index(adapter)
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
@@ -392,6 +401,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
                           n_resamples=cfg.n_resamples, seed=cfg.seed, data_path=cfg.data,
                           decisions=cfg.decisions, calibrate=cfg.calibrate, passage_chars=cfg.passage_chars,
                           few_shot=shots)
+        result.summary["few_shot_data"] = cfg.few_shot_data if cfg.few_shot else None
     else:
         result = EvalResult([], {key: v for key, v in prev.summary.items() if key not in ("metrics", "differences")})
     if prev is not None and kept:
@@ -399,8 +409,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
         rows = [r for r in prev.rows if r["mode"] in kept and (r["id"], r["mode"]) in order] + result.rows
         rows.sort(key=lambda r: order[(r["id"], r["mode"])])
         settings = {key: v for key, v in result.summary.items() if key not in ("metrics", "differences")}
-        for key in ("adapter", "index"):
-            settings[key] = settings.get(key) or prev.summary.get(key)
+        settings["adapter"] = settings.get("adapter") or prev.summary.get("adapter")
+        settings.update(_retrieval_settings(rows, modes, cfg.k))
         settings.update(modes=modes, resumed={"modes": kept, "created": prev.summary.get("created"),
                                               "wall_s": prev.summary.get("wall_s")})
         result = EvalResult(rows, summarize(rows, settings))
@@ -411,7 +421,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     return result
 
 
-def _check_resumable(prev: dict, kept: list[str], engine, adapter, index: str | None, out_dir: Path) -> None:
+def _check_resumable(prev: dict, kept: list[str], engine, adapter, index: str | None, passage_chars: int | None,
+                     out_dir: Path) -> None:
     """Refuse to summarise kept rows with new ones from another base model, adapter or index."""
     checks = [("base_model", prev.get("base_model"), engine.info.name)]
     if adapter and any(m.startswith("lora") for m in kept):
@@ -419,6 +430,8 @@ def _check_resumable(prev: dict, kept: list[str], engine, adapter, index: str | 
     for m in kept:
         if index is not None and m.endswith("rag"):
             checks.append((f"index of {m}", (prev.get("index_by_mode") or {}).get(m), index))
+        if passage_chars is not None and m.endswith("rag"):
+            checks.append((f"passage length of {m}", (prev.get("passage_chars_by_mode") or {}).get(m), passage_chars))
     for key, was, now in checks:
         if was is not None and was != now:
             raise ValueError(f"cannot resume {out_dir}: its rows were made with {key} {was!r}, this run uses "

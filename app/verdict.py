@@ -86,7 +86,9 @@ def verdict(rows: list[dict], summary: dict, n_resamples: int | None = None) -> 
         comparisons.append({"mode": other, **{k: round(v, 4) for k, v in d.items()},
                             "significant": d["ci_low"] > 0})
     cheaper = [c for c in comparisons if not c["significant"] and _cheaper(summary, c["mode"], best)]
-    recommended = min(cheaper, key=lambda c: _cost(summary, c["mode"]))["mode"] if cheaper else best
+    # of the clearly cheaper modes not significantly worse, the best scoring; then the fewest prompt tokens
+    recommended = min(cheaper, key=lambda c: (-round(values[c["mode"]], 6), _cost(summary, c["mode"])[::-1]))["mode"] \
+        if cheaper else best
     return {"metric": metric, "best": best, "values": {m: round(v, 4) for m, v in values.items()},
             "comparisons": comparisons, "recommended": recommended,
             "text": _text(metric, best, values, comparisons, recommended, summary, len(per_mode[best]))}

@@ -9,8 +9,9 @@ from pathlib import Path
 # The one place the offline environment is set (every entry point imports this module before any HF library).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
-# transformers' "Loading weights" bar on every model and adapter load (nothing is downloaded here); set it to 0 to see it
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# offline, the only bar left is transformers' "Loading weights" on every model and adapter load: noise
+if os.environ["HF_HUB_OFFLINE"] == "1":
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # peft still calls transformers 5's deprecated `is_gradient_checkpointing` on every adapter load: nothing to act on
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 

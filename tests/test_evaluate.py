@@ -236,6 +236,7 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["metrics"]) == wanted and summary["n_items"] == 3
     assert summary["resumed"]["modes"] == ["base", "rag"] and summary["adapter"].startswith("med@v")
+    assert summary["index_by_mode"]["rag"] == index and summary["k_by_mode"]["rag"] == 2  # the kept mode's own
     for m in summary["metrics"].values():
         assert 0 <= m["accuracy"] <= 1 and m["latency_mean_s"] > 0 and "macro_f1" in m
     assert "recall@2" in summary["metrics"]["rag"] and (out / "recall.png").is_file()
@@ -321,6 +322,18 @@ def test_verdict_does_not_call_a_mode_cheaper_on_latency_noise():
     v = summarize(rows, {"modes": ["base", "lora"], "k": 3})["verdict"]
     assert not v["comparisons"][0]["significant"] and v["recommended"] == v["best"]
     assert "enough" not in v["text"] and "more questions are needed" in v["text"]
+
+
+def test_verdict_recommends_the_best_of_the_clearly_cheaper_modes():
+    """lora+rag is best but not significantly; lora and base cost the same (base timed a little faster):
+    the cheaper mode to recommend is the better-scoring lora, not whichever was timed faster."""
+    golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
+    rows = (_verdict_rows("lora+rag", golds[:22] + ["yes"] * 2, 2.0, 700)
+            + _verdict_rows("lora", golds[:19] + ["yes"] * 5, 0.52, 80)
+            + _verdict_rows("base", golds[:16] + ["yes"] * 8, 0.5, 80))
+    v = summarize(rows, {"modes": ["base", "lora", "lora+rag"], "k": 3})["verdict"]
+    assert v["best"] == "lora+rag" and not any(c["significant"] for c in v["comparisons"])
+    assert v["values"]["lora"] > v["values"]["base"] and v["recommended"] == "lora"
 
 
 def test_summary_reports_uncalibrated_parsed_and_per_class_recall():

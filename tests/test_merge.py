@@ -126,6 +126,11 @@ def test_merged_routing_summary_is_the_union_and_other_data_is_listed(root, tiny
     assert [it.id for it in items_for_adapter(items, merged.card, "0" * 64, "ens@v1")[0]] == ["a", "b", "c"]
     assert [it.id for it in items_for_adapter(items, merged.card, "1" * 64, "ens@v1")[0]] == ["b"]
     assert items_for_adapter(items, merged.card, "2" * 64, "ens@v1") == (items, None)
+    from app.adapter_card import AdapterCard  # a merge whose source is itself a merge of two files
+
+    nested = AdapterCard.from_dict({**merged.card.to_dict(), "training_data": {"path": "x", "sha256": "", "sources": [
+        merged.card.training_data, {"path": "z.jsonl", "sha256": "3" * 64, "val_ids": ["e"]}]}})
+    assert [it.id for it in items_for_adapter(items, nested, "1" * 64, "ens2@v1")[0]] == ["b"]
 
 
 def test_a_source_without_held_out_ids_leaves_the_merge_none(root, tiny_model_dir, tmp_path):
