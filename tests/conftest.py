@@ -15,6 +15,13 @@ if "LORACLE_AUDIT" not in os.environ:  # engines built by tests log their answer
 
     os.environ["LORACLE_AUDIT"] = os.path.join(tempfile.mkdtemp(prefix="loracle-audit-"), "audit.sqlite")
 
+# pymilvus reconfigures logging when first imported (logging.config.dictConfig), which closes every handler made
+# before it. absl's handler (absl comes with rouge-score) then closes the stream it was made with: under pytest,
+# the capture file of an earlier test, which breaks capture for the rest of the session. Importing pymilvus
+# first, before any test makes such a handler, keeps test order from mattering. Not an issue outside pytest
+# (absl never closes the real stderr).
+import pymilvus  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[1]
 # A copy of the shared data's fixed sample subset (tests/data/README.md), so a plain clone runs every test.
 SHARED_DATA = REPO / "tests" / "data"
