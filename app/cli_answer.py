@@ -54,6 +54,12 @@ def _engine_from(args, adapters: tuple[str, ...]):
     for spec in adapters:  # a typo or a missing version is reported before the base model loads
         if not (("/" in spec or spec.startswith(".")) and Path(spec).expanduser().is_dir()):
             registry.get_spec(spec, config.adapters_dir)
+    if args.index is not None and getattr(args, "rag", True):  # so is an index that is not there
+        from ingest.index import Index
+        from ingest.pipeline import SHIPPED_INDEXES
+
+        if args.index not in SHIPPED_INDEXES:  # those are built on first use
+            Index.open(args.index).close()
     return Engine(config)
 
 

@@ -48,3 +48,5 @@ def test_counts_and_choices_are_refused_by_the_parser_before_any_model_loads(cap
 def test_retrieval_settings_without_rag_are_refused(capsys):
     assert main(["ask", "Is aspirin safe?", "--index", "mine"]) == 2
     assert "--index mine sets retrieval, which is off: add --rag" in capsys.readouterr().err
+    assert main(["ask", "Is aspirin safe?", "--rag", "--index", "no-such-index"]) == 2  # before any model loads
+    assert "no index at" in capsys.readouterr().err
