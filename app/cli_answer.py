@@ -44,16 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine_from(args, adapters: tuple[str, ...]):
-    from pathlib import Path
-
     from app import registry
     from app.cliconfig import overrides
     from app.engine import Engine
 
     config = EngineConfig.from_env(**{**overrides(EngineConfig, args, skip=ENGINE_SKIP), "adapters": adapters})
     for spec in adapters:  # a typo or a missing version is reported before the base model loads
-        if not (("/" in spec or spec.startswith(".")) and Path(spec).expanduser().is_dir()):
-            registry.get_spec(spec, config.adapters_dir)
+        registry.find(spec, config.adapters_dir)
     if args.index is not None and getattr(args, "rag", True):  # so is an index that is not there
         from ingest.index import Index
         from ingest.pipeline import SHIPPED_INDEXES

@@ -88,15 +88,13 @@ def _run_ingest(args) -> int:
         raise ValueError("nothing to do: give files/folders to add, or --remove DOC")
     config = _ingest_config(args)
     layout = {"index_type": args.index_type, "store": args.store, "uri": args.uri}
-    created = not (index_path(args.index) / "manifest.json").is_file()
-    if created and not args.paths:
-        raise FileNotFoundError(f"no index '{args.index}' to remove documents from; `loracle index list` shows the "
-                                "indexes")
+    exists = (index_path(args.index) / "manifest.json").is_file()
+    created = bool(args.paths) and not exists  # only for files to add: ingest_paths refuses a removal from none
     if created:
         Index.create(args.index, embedder=config.embedder if config else DEFAULT_EMBEDDER,
                      chunk=config.chunk if config else ChunkConfig(),
                      **{k: v for k, v in layout.items() if v is not None}).close()
-    elif any(v is not None for v in layout.values()):
+    elif exists and any(v is not None for v in layout.values()):
         m = json.loads((index_path(args.index) / "manifest.json").read_text())
         vectors = m.get("vectors") or {"store": "faiss"}
         have = {"index_type": m.get("index_type"), "store": vectors["store"], "uri": vectors.get("uri")}

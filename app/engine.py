@@ -136,11 +136,7 @@ class Engine:
     def resolve(self, name_or_path: str) -> tuple[AdapterRef, registry.AdapterInfo]:
         """"name", "name@vN" or an adapter folder -> (AdapterRef, registry info). The registry's current
         version is known to the backend by its plain name; other versions and outside folders get their own."""
-        path = Path(name_or_path).expanduser()
-        if ("/" in name_or_path or name_or_path.startswith(".")) and path.is_dir():
-            info = registry.read_folder(path)
-        else:
-            info = registry.get_spec(name_or_path, self.root)
+        info = registry.find(name_or_path, self.root)
         name = registry.check_name(re.sub(r"[^A-Za-z0-9_-]", "-", info.name)[:64])
         if info.path.resolve() == (self.root / name).resolve():
             return AdapterRef(name, info.version, info.path, name), info

@@ -446,9 +446,8 @@ def run_compare(cfg: EvalConfig, old: str, new: str, engine=None, progress=None)
 
     out_dir = Path(cfg.out or Path("runs") / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     for spec in (old, new):  # a typo or a missing version fails before either side is evaluated
-        folder = ("/" in spec or spec.startswith(".")) and Path(spec).expanduser().is_dir()  # as Engine.resolve
-        if not (Path(spec) / RESULTS_FILE).is_file() and not folder:
-            registry.get_spec(spec, engine.root if engine is not None else adapters_dir())
+        if not (Path(spec) / RESULTS_FILE).is_file():
+            registry.find(spec, engine.root if engine is not None else adapters_dir())
     results = []
     for tag, spec in (("a", old), ("b", new)):
         if (Path(spec) / RESULTS_FILE).is_file():

@@ -223,6 +223,15 @@ def get_spec(spec: str, root=None) -> AdapterInfo:
     return get(name, root, version=int(ver.lstrip("v")))
 
 
+def find(spec: str, root=None) -> AdapterInfo:
+    """What the engine accepts as an adapter: an adapter folder (a path with "/" or starting with "."), else
+    "NAME" or "NAME@vN" in the registry (`get_spec`)."""
+    path = Path(spec).expanduser()
+    if ("/" in spec or spec.startswith(".")) and path.is_dir():
+        return read_folder(path)
+    return get_spec(spec, root)
+
+
 def versions(name: str, root=None) -> list[AdapterInfo]:
     """Every version of an adapter, oldest first (the lineage). Example: `[v.label for v in versions("med")]`."""
     cur = get(name, root)

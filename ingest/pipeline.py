@@ -118,7 +118,8 @@ def _open(index: str | Path, config: IngestConfig | None) -> tuple[Index, Ingest
 
 def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX, config: IngestConfig | None = None,
                  progress: Progress | None = None, remove: Iterable[str] = ()) -> IngestReport:
-    """Add files / folders / JSONL corpora to `index` (created when missing) and remove doc ids.
+    """Add files / folders / JSONL corpora to `index` (created when missing and there are files to add) and
+    remove doc ids (from an index that must exist).
 
     `index` is a name under indexes/ or a folder path. With `config=None` an existing index keeps its
     own embedder and chunker settings (a new one gets `IngestConfig()`'s). Unchanged documents are
@@ -133,6 +134,10 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
     """
     from ingest.embed import get_embedder
 
+    paths = list(paths)
+    if not paths and not (index_path(index) / "manifest.json").is_file():  # removing only: never create it
+        raise FileNotFoundError(f"no index '{index}' to remove documents from; `loracle index list` shows the "
+                                "indexes")
     ix, config = _open(index, config)
     report = IngestReport(index=str(ix.path))
     files = iter_files(paths)
@@ -163,7 +168,6 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
 
 def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestReport:
     """Remove documents by id; an id not in the index is listed in `report.rejected`."""
-    Index.open(index).close()  # a missing index is an error, not a new empty one
     return ingest_paths([], index=index, remove=doc_ids)
 
 

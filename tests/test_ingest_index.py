@@ -399,3 +399,11 @@ def test_a_shipped_corpus_missing_under_loracle_home_names_the_path_and_the_fix(
         build_shipped_index("pubmedqa-doc")
     assert str(tmp_path / "home" / "data" / "pubmedqa" / "corpus.jsonl") in str(err.value)
     assert "LORACLE_HOME" in str(err.value)
+
+
+def test_removing_from_a_missing_index_is_refused_and_creates_nothing(tmp_path):
+    from ingest.pipeline import remove
+
+    with pytest.raises(FileNotFoundError, match="no index .* to remove documents from"):
+        remove(["doc-1"], index=tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
