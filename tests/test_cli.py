@@ -1,6 +1,8 @@
 """`loracle` itself: verbs registered from their modules, defaults from app.config, errors as one line."""
 from __future__ import annotations
 
+import pytest
+
 from app.cli import build_parser, error_line, main
 from app.config import DEFAULT_INDEX
 
@@ -31,8 +33,6 @@ def test_index_defaults_come_from_app_config():
 
 
 def test_counts_and_choices_are_refused_by_the_parser_before_any_model_loads(capsys):
-    import pytest
-
     parser = build_parser()
     for argv, message in ((["ask", "q", "-k", "0"], "-k: 0 is not allowed here"),
                           (["ask", "q", "--max-new-tokens", "-1"], "--max-new-tokens: -1 is not allowed here"),
