@@ -131,6 +131,12 @@ class AdapterCard:
         return self.to_dict().get(key, default)
 
 
+def _losses(source: dict) -> str:
+    found = [f"{what} loss {source[key]:.3f}" for what, key in (("train", "train_loss"), ("val", "val_loss"))
+             if isinstance(source.get(key), (int, float))]
+    return "; " + ", ".join(found) if found else ""
+
+
 def render_readme(card: AdapterCard | dict) -> str:
     """The human model card (README.md), generated from the card. Example: `print(render_readme(get("med").card))`."""
     card = card if isinstance(card, AdapterCard) else AdapterCard.from_dict(card)
@@ -147,8 +153,8 @@ def render_readme(card: AdapterCard | dict) -> str:
     merged = card.extra.get("merged_from") if isinstance(card.extra, dict) else None
     if isinstance(merged, list) and merged:
         lines += ["", "## Merged from", "", "Each source, its weight and the command that trained it:", ""]
-        lines += [f"- {m.get('name')}@v{m.get('version')} (weight {m.get('weight')}): `{m.get('reproduce') or '?'}`"
-                  for m in merged if isinstance(m, dict)]
+        lines += [f"- {m.get('name')}@v{m.get('version')} (weight {m.get('weight')}{_losses(m)}): "
+                  f"`{m.get('reproduce') or '?'}`" for m in merged if isinstance(m, dict)]
     if card.loss_curve:
         first, last = card.loss_curve[0], card.loss_curve[-1]
         lines += ["", "## Training loss", "", f"{len(card.loss_curve)} points; first {list(first)}, last {list(last)}"]

@@ -110,11 +110,22 @@ def _run_train(args) -> int:
 
     info = train(config_from_args(args))
     card, nan = info.card, float("nan")
-    loss = card.loss_curve[-1].loss if card.loss_curve else nan
-    val = card.val_loss_curve[-1].loss if card.val_loss_curve else nan
-    print(f"installed {info.label} at {info.path}\ntrain loss {loss:.3f}, val loss {val:.3f}, "
-          f"{card.training_time_s or 0:.0f} s")
+    merged = card.extra.get("merged_from") or []
+    if merged:
+        runs = [(f"seed {(m.get('hyperparameters') or {}).get('seed')}: ", m.get("train_loss"), m.get("val_loss"))
+                for m in merged]
+    else:
+        runs = [("", card.loss_curve[-1].loss if card.loss_curve else nan,
+                 card.val_loss_curve[-1].loss if card.val_loss_curve else nan)]
+    what = f" (equal-weight merge of {len(merged)} seeds)" if merged else ""
+    print(f"installed {info.label} at {info.path}{what}, {card.training_time_s or 0:.0f} s")
+    for label, loss, val in runs:
+        print(f"{label}train loss {_loss(loss)}, val loss {_loss(val)}")
     return 0
+
+
+def _loss(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts

@@ -190,6 +190,7 @@ class TrainConfig:
     answer_tokens: int | None = None  # generation budget the card asks for at answer time; None: the engine's
     seed: int = 0
     split_seed: int | None = None  # seed of the validation split; None: `seed`
+    seeds: int = 1  # > 1: train seeds seed, seed+1, ... on one validation split and install their merge
     limit: int | None = None  # use only the first N items of the data file
     parent: str | None = None  # adapter to continue training from (name in the registry)
     adapters_dir: str | None = None  # registry root; None -> app.config.adapters_dir()
@@ -218,6 +219,8 @@ class TrainConfig:
         "passage_chars": "characters kept per passage (default: whole chunks)",
         "split_seed": "seed of the validation split (default: --seed); runs with different seeds and one split "
                       "share their held-out questions, so they can be compared or ensembled on them",
+        "seeds": "train this many runs (seeds --seed, --seed + 1, ...; one validation split) and install their "
+                 "equal-weight merge: one adapter, the cost of one at answer time, N times the training time",
         "limit": "use only the first N items",
         "parent": "continue training from this registered adapter",
         "adapters_dir": "registry folder (default adapters/)",
@@ -236,5 +239,9 @@ class TrainConfig:
                 raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must be above 0")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"--layers {self.layers} must be at least 1 (or leave it out to adapt every layer)")
-        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1:
-            raise ValueError("-k, --rank and --grad-accum must be at least 1 and --max-len at least 64")
+        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1 or self.seeds < 1:
+            raise ValueError("-k, --rank, --grad-accum and --seeds must be at least 1 and --max-len at least 64")
+        if self.seeds > 1 and self.parent:
+            raise ValueError(f"--seeds {self.seeds} with --parent {self.parent}: a merge of seeds starts each from "
+                             "a fresh adapter; leave out --parent (a new version of an existing name still "
+                             "records its previous version as parent)")

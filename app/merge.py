@@ -63,7 +63,10 @@ def _card(infos: list, weights: list[float], base_info, command: str) -> dict:
             data["val_ids"] = [i for i in val_lists[0] if i in held_out]
             data["val"] = len(data["val_ids"])
     sources = [{"name": i.name, "version": i.version, "weight": w, "reproduce": i.card.reproduce,
-                "hyperparameters": i.card.hyperparameters} for i, w in zip(infos, weights)]
+                "hyperparameters": i.card.hyperparameters,
+                "train_loss": i.card.loss_curve[-1].loss if i.card.loss_curve else None,
+                "val_loss": i.card.val_loss_curve[-1].loss if i.card.val_loss_curve else None}
+               for i, w in zip(infos, weights)]
     return {
         "description": f"Merge of {', '.join(i.label for i in infos)} (LoRA concatenation: the weighted sum of "
                        "their weight deltas, served as one adapter)",
@@ -80,9 +83,11 @@ def _card(infos: list, weights: list[float], base_info, command: str) -> dict:
 
 
 def merge(name: str, sources: list[str], weights: list[float] | None = None, root=None,
-          base_model: str | None = None):
+          base_model: str | None = None, source_root=None, card_update: dict | None = None):
     """Install `name` (a new adapter, or its next version) as the weighted cat-merge of `sources`;
     returns its registry.AdapterInfo. Nothing is installed unless the merge completes.
+    `source_root`: the registry the sources are in, when not `root`; `card_update`: card fields to replace
+    (`loracle train --seeds` names its own command and hyperparameters).
 
         merge("medical-pubmedqa", ["med-s0", "med-s1", "med-s2"])   # equal weights 1/3
     """
@@ -90,7 +95,7 @@ def merge(name: str, sources: list[str], weights: list[float] | None = None, roo
 
     from app import models, registry, routing
 
-    infos = [registry.get_spec(s, root) for s in sources]
+    infos = [registry.get_spec(s, source_root or root) for s in sources]
     weights = list(weights) if weights else [1.0 / len(infos)] * len(infos)
     check_sources(infos, weights)
     model, _, base_info = models.load(base_model or infos[0].card.base_model.spec or infos[0].base_model)
@@ -107,7 +112,7 @@ def merge(name: str, sources: list[str], weights: list[float] | None = None, roo
     peft_model.peft_config["merged"].base_model_name_or_path = base_info.name
     command = shlex.join(["loracle", "adapters", "merge", name, *(i.label for i in infos),
                           "--weights", *(f"{w:g}" for w in weights)])
-    card = _card(infos, weights, base_info, command)
+    card = {**_card(infos, weights, base_info, command), **(card_update or {})}
     root_path = registry.root_dir(root)
     root_path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".train-{name}.", dir=root_path))

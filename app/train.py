@@ -383,6 +383,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     from app import models
     from app.config import adapters_dir
 
+    if config.seeds > 1:
+        return train_seeds(config, progress, retrieved)
     root = Path(config.adapters_dir) if config.adapters_dir else adapters_dir()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -400,6 +402,44 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     result = fit(model, per_epoch, val_ex, config, progress)
     card = _card(config, info, items, train_items, val_items, per_epoch[0], result, parent)
     return _install(model, info, card, config, root, [str(it["question"]) for it in train_items])
+
+
+def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None,
+                retrieved: list[list[Passage]] | None = None):
+    """`config.seeds` runs of one recipe (seeds seed, seed+1, ...; all on the validation split of `split_seed`,
+    else of `seed`, so they share their held-out questions), installed as their equal-weight merge
+    (app.merge). On PubMedQA one seed moves dev accuracy by up to 22 points; the merge of four was steadier
+    and better than the mean seed. The seeds are trained in a scratch registry that is removed afterwards;
+    the merged card keeps each seed's command and hyperparameters (`merged_from`) and its own command."""
+    from app import merge, registry
+    from app.config import adapters_dir
+
+    root = Path(config.adapters_dir) if config.adapters_dir else adapters_dir()
+    registry.check_name(config.name)
+    if config.retrieval_aware and retrieved is None:  # one search, shared by every seed
+        retrieved = retrieve_for(load_items(config.data)[: config.limit or None], config)
+    scratch = Path(tempfile.mkdtemp(prefix=f"loracle-seeds-{config.name}-"))
+    try:
+        labels = []
+        for i in range(config.seeds):
+            seed = config.seed + i
+            one = replace(config, seeds=1, seed=seed, name=f"seed{seed}", adapters_dir=str(scratch),
+                          split_seed=config.seed if config.split_seed is None else config.split_seed)
+            report = (lambda step, total, loss, i=i: progress(i * total + step, config.seeds * total, loss)) \
+                if progress else None
+            labels.append(train(one, report, retrieved).label)
+        hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+                 if k not in ("data", "name", "adapters_dir")}
+        return merge.merge(config.name, labels, root=root, base_model=config.base_model, source_root=scratch,
+                           card_update={
+                               "description": f"Equal-weight merge of {config.seeds} training seeds of one recipe on "
+                                              f"{Path(config.data).name}" + (" with retrieved passages (RAFT-style)"
+                                                                              if config.retrieval_aware else ""),
+                               "hyperparameters": {**hyper, "merge": "cat",
+                                                   "weights": [1.0 / config.seeds] * config.seeds},
+                               "reproduce": command_for(config)})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def add_arguments(parser) -> None:

@@ -247,3 +247,33 @@ def test_bad_training_settings_are_refused_naming_the_flag():
         TrainConfig(data="", name="x", gold_fraction=1.5)
     with pytest.raises(ValueError, match="--decision-weight"):
         TrainConfig(data="", name="x", decision_weight=0)
+
+
+def test_seeds_install_one_merged_adapter_with_each_seeds_lineage(qa_file, tiny_model_dir, tmp_path, capsys):
+    from app.cli import main
+
+    root = tmp_path / "seeds-adapters"
+    rc = main(["train", "--data", str(qa_file), "--name", "ens", "--base-model", str(tiny_model_dir),
+               "--epochs", "0.5", "--rank", "2", "--max-len", "128", "--layers", "1", "--adapters-dir", str(root),
+               "--seed", "3", "--seeds", "2", "--val-fraction", "0.3", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "installed ens@v1" in out and "merge of 2 seeds" in out
+    assert "seed 3: train loss" in out and "seed 4: train loss" in out
+    assert [a.label for a in registry.list_adapters(root)] == ["ens@v1"]  # the seeds themselves are not kept
+    card = registry.get("ens", root).card.to_dict()
+    assert [m["hyperparameters"]["seed"] for m in card["merged_from"]] == [3, 4]
+    assert all(m["hyperparameters"]["split_seed"] == 3 and m["val_loss"] > 0 for m in card["merged_from"])
+    items = load_items(qa_file)  # both seeds hold out the questions of the seed-3 split
+    assert card["training_data"]["val_ids"] == [it["id"] for it in split(items, 0.3, 3)[1]]
+    assert "--seeds 2" in card["reproduce"] and card["hyperparameters"]["seeds"] == 2
+    assert json.loads((root / "ens" / "adapter_config.json").read_text())["r"] == 4  # 2 + 2: one adapter
+    assert "## Merged from" in (root / "ens" / "README.md").read_text()
+
+
+def test_seeds_report_progress_over_all_runs_and_refuse_a_parent(qa_file, tiny_model_dir, tmp_path):
+    cfg = _config(qa_file, tiny_model_dir, tmp_path, epochs=0.5, seeds=2, max_len=128, layers=1)
+    seen = []
+    train(cfg, progress=lambda step, total, loss: seen.append((step, total)))
+    assert seen[-1][0] == seen[-1][1] and len({t for _, t in seen}) == 1 and seen == sorted(seen)
+    with pytest.raises(ValueError, match="--seeds 2 with --parent"):
+        _config(qa_file, tiny_model_dir, tmp_path, seeds=2, parent="tiny-med")

@@ -222,11 +222,13 @@ def test_adapters_table_card_default_and_training_in_the_background(ui_env):
     at.file_uploader(key="train_upload").set_value(("qa.jsonl", data, "application/json"))
     at.number_input(key="train_epochs").set_value(1)
     at.number_input(key="train_rank").set_value(2)
+    at.number_input(key="train_seeds").set_value(2)
     next(b for b in at.button if b.label == "Train").click()
     at.run(timeout=300)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    names = {a.name for a in list_adapters()}
-    assert names == {ADAPTER, "tiny-tuned"}
+    assert {a.name for a in list_adapters()} == {ADAPTER, "tiny-tuned"}  # two seeds, installed as one merge
+    tuned = next(a for a in list_adapters() if a.name == "tiny-tuned")
+    assert [m["hyperparameters"]["seed"] for m in tuned.card.extra["merged_from"]] == [0, 1]
     job_id = at.session_state["train_job"]
     from app.jobs import runner
 

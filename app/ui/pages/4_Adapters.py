@@ -184,11 +184,14 @@ with st.form("train_form"):
                       key="train_source", horizontal=True)
     upload = st.file_uploader("QA JSONL ({question, long_answer, final_decision?, context_doc_id?} per line)",
                               type=["jsonl"], key="train_upload")
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     name = c1.text_input("Adapter name", key="train_name", placeholder="e.g. medical-v2")
     epochs = c2.number_input("Epochs", 1, 20, 1, key="train_epochs")
     rank = c3.number_input("LoRA rank", 1, 128, 8, key="train_rank")
     limit = c4.number_input("Max examples (0 = all)", 0, 100000, 0, key="train_limit")
+    seeds = c5.number_input("Seeds", 1, 8, 1, key="train_seeds",
+                            help="Train this many runs with different seeds and install their equal-weight merge: "
+                                 "steadier than one run, answers at one adapter's cost, N times the training time.")
     index = state.index_picker("train_index", label="Index (retrieval-aware training)")
     submitted = st.form_submit_button("Train", type="primary")
 
@@ -233,6 +236,8 @@ if submitted:
         cfg = {"data": str(data), "name": name, "epochs": int(epochs), "rank": int(rank), "retrieval_aware": retrieval_aware}
         if limit:
             cfg["limit"] = int(limit)
+        if seeds > 1:
+            cfg["seeds"] = int(seeds)
         if retrieval_aware:
             cfg["index"] = index
         base = state.engine_config().base_model
