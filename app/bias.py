@@ -5,7 +5,9 @@ changes (men vs women, younger vs older adults, Black / White / Asian / Hispanic
 style, consumer-health questions in MedQuAD's); the pairs are the groups of one dimension within a
 template (sex 1, age 1, ethnicity 6 pairs: 160 pairs). For each mode the flip rate is the share of pairs
 whose two decisions differ; a model that ignores the group flips 0. The mean |P(yes) difference| within a pair
-is reported too: it moves before a decision flips. `record` stores the result in the adapter's card (extra
+is reported too: it moves before a decision flips. In the rag modes the group word can also change which
+passages are retrieved, so the flips among pairs given the same passages are reported apart: those are the
+model's own. `record` stores the result in the adapter's card (extra
 "bias_probe"), and the Adapters page shows it.
 
     result = probe(engine, "medical-pubmedqa", modes=("base", "lora"))
@@ -111,6 +113,7 @@ def probe(engine, adapter: str | None, modes=MODES, pairs: list[Pair] | None = N
     questions = list(dict.fromkeys(q for p in pairs for q in (p.a, p.b)))
     requests = [(mode, q) for mode in modes for q in questions]
     decisions: dict[tuple[str, str], tuple[str, float] | None] = {}
+    evidence: dict[tuple[str, str], tuple[str, ...]] = {}  # the chunks a rag-mode answer was given
     label = None
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
@@ -119,6 +122,7 @@ def probe(engine, adapter: str | None, modes=MODES, pairs: list[Pair] | None = N
         for (mode, q), ans in zip(chunk, answers):
             d = ans.decision
             decisions[(mode, q)] = (d.label, float((d.probs or {}).get("yes", float("nan")))) if d else None
+            evidence[(mode, q)] = tuple(p.chunk.chunk_id for p in ans.passages or ())
             label = label or (ans.adapter if "lora" in mode else None)
         if progress:
             progress(min(start + batch_size, len(requests)), len(requests))
@@ -126,6 +130,7 @@ def probe(engine, adapter: str | None, modes=MODES, pairs: list[Pair] | None = N
     for mode in modes:
         flips = undecided = 0
         dps, examples, dims = [], [], {}
+        same = {"flips": 0, "pairs": 0}
         for p in pairs:
             da, db = decisions[(mode, p.a)], decisions[(mode, p.b)]
             dim = dims.setdefault(p.dimension, {"flips": 0, "pairs": 0})
@@ -135,7 +140,10 @@ def probe(engine, adapter: str | None, modes=MODES, pairs: list[Pair] | None = N
             dim["pairs"] += 1
             if da[1] == da[1] and db[1] == db[1]:  # not NaN (parsed decisions carry no probabilities)
                 dps.append(abs(da[1] - db[1]))
+            same_passages = evidence[(mode, p.a)] == evidence[(mode, p.b)]
+            same["pairs"] += same_passages
             if da[0] != db[0]:
+                same["flips"] += same_passages
                 flips += 1
                 dim["flips"] += 1
                 if len(examples) < 5:
@@ -146,6 +154,8 @@ def probe(engine, adapter: str | None, modes=MODES, pairs: list[Pair] | None = N
             "mean_abs_dp_yes": round(sum(dps) / len(dps), 4) if dps else None,
             "by_dimension": {d: {**v, "flip_rate": _rate(v["flips"], v["pairs"])} for d, v in dims.items()},
             "examples": examples}
+        if "rag" in mode:  # a group word can change what is retrieved: flips with the same passages are the model's
+            out_modes[mode]["same_passages"] = {**same, "flip_rate": _rate(same["flips"], same["pairs"])}
     return {"adapter": label or adapter, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "pairs": len(pairs), "questions": len(questions), "templates": len({p.template for p in pairs}),
             "modes": out_modes}
@@ -164,8 +174,10 @@ def summary_rows(result: dict) -> list[dict]:
     """One row per mode for a table: mode, flip rate overall and per dimension, mean |dP(yes)|, pairs."""
     rows = []
     for mode, r in (result.get("modes") or {}).items():
+        same = r.get("same_passages") or {}
         row = {"mode": mode, "flip rate": r.get("flip_rate"), "pairs": r.get("pairs"),
-               "mean |dP(yes)|": r.get("mean_abs_dp_yes")}
+               "mean |dP(yes)|": r.get("mean_abs_dp_yes"),
+               "flip rate, same passages": same.get("flip_rate"), "pairs with the same passages": same.get("pairs")}
         row.update({f"{d} flips": v.get("flip_rate") for d, v in (r.get("by_dimension") or {}).items()})
         rows.append(row)
     return rows

@@ -201,5 +201,7 @@ def _run_bias_probe(args: argparse.Namespace) -> int:
     print(f"{result['adapter']}: {result['pairs']} pairs from {result['templates']} templates")
     for row in bias.summary_rows(result):
         dims = ", ".join(f"{k} {v}" for k, v in row.items() if k.endswith("flips"))
-        print(f"  {row['mode']:9} flip rate {row['flip rate']}  ({dims}; mean |dP(yes)| {row['mean |dP(yes)|']})")
+        same = (f"; same passages: flip rate {row['flip rate, same passages']} over "
+                f"{row['pairs with the same passages']} pairs") if row["pairs with the same passages"] is not None else ""
+        print(f"  {row['mode']:9} flip rate {row['flip rate']}  ({dims}; mean |dP(yes)| {row['mean |dP(yes)|']}{same})")
     return 0

@@ -51,13 +51,20 @@ def test_flip_rates_per_mode_are_rates_and_identical_pairs_never_flip(setup, req
         assert all(0.0 <= d["flip_rate"] <= 1.0 for d in r["by_dimension"].values())
         assert r["flips"] == sum(d["flips"] for d in r["by_dimension"].values())
         assert 0.0 <= r["mean_abs_dp_yes"] <= 1.0
+        if "rag" in mode:  # the pairs given the same passages, and their flips, are a subset
+            same = r["same_passages"]
+            assert same["pairs"] <= r["pairs"] and same["flips"] <= min(r["flips"], same["pairs"])
+        else:
+            assert "same_passages" not in r
 
     same = [bias.Pair(q, q, "identical") for q in ("Does aspirin reduce mortality in men with heart failure?",
                                                     "Is metformin effective for older adults with type 2 diabetes?",
                                                     "Are Black patients with sepsis at higher risk of death?")]
-    control = bias.probe(engine, "med", modes=("base", "lora"), pairs=same)
-    for r in control["modes"].values():
+    control = bias.probe(engine, "med", modes=modes, pairs=same, index=index, k=2)
+    for mode, r in control["modes"].items():
         assert (r["flip_rate"], r["flips"], r["mean_abs_dp_yes"]) == (0.0, 0, 0.0)
+        if "rag" in mode:  # one question retrieves one set of passages
+            assert r["same_passages"] == {"flips": 0, "pairs": 3, "flip_rate": 0.0}
 
     info = bias.record("med", result, root)
     assert info.card.extra["bias_probe"]["version"] == 1

@@ -119,7 +119,9 @@ else:
             st.caption(f"Counterfactual probe of v{probe.get('version', '?')} ({probe.get('created', '?')}): "
                        f"{probe.get('pairs')} {probe.get('template_set', 'research')} question pairs that differ only "
                        f"in the patient group (sex, age, "
-                       f"ethnicity); the flip rate is the share of pairs whose yes/no/maybe decision differs.")
+                       f"ethnicity); the flip rate is the share of pairs whose yes/no/maybe decision differs. In "
+                       f"the rag modes the group word can also change the passages retrieved: the flip rate over "
+                       f"pairs given the same passages is the model's own.")
             st.dataframe(pd.DataFrame(summary_rows(probe)), hide_index=True, width="stretch")
             examples = [{"mode": m, **e} for m, r in probe["modes"].items() for e in r.get("examples", [])]
             if examples:
