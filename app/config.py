@@ -239,8 +239,13 @@ class TrainConfig:
                 raise ValueError(f"--{key.replace('_', '-')} {getattr(self, key)} must be above 0")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"--layers {self.layers} must be at least 1 (or leave it out to adapt every layer)")
-        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1 or self.seeds < 1:
-            raise ValueError("-k, --rank, --grad-accum and --seeds must be at least 1 and --max-len at least 64")
+        if self.k < 1 or self.max_len < 64 or self.rank < 1 or self.grad_accum < 1:
+            raise ValueError("-k, --rank and --grad-accum must be at least 1 and --max-len at least 64")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds {self.seeds} must be at least 1 (1: one run, no merge)")
+        if self.seeds * self.rank > 512:
+            raise ValueError(f"--seeds {self.seeds} x --rank {self.rank} = a merged rank of {self.seeds * self.rank}, "
+                             "above the 512 that vLLM serves; use fewer seeds or a lower --rank")
         if self.seeds > 1 and self.parent:
             raise ValueError(f"--seeds {self.seeds} with --parent {self.parent}: a merge of seeds starts each from "
                              "a fresh adapter; leave out --parent (a new version of an existing name still "

@@ -411,11 +411,16 @@ def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None]
     (app.merge). On PubMedQA one seed moves dev accuracy by up to 22 points; the merge of four was steadier
     and better than the mean seed. The seeds are trained in a scratch registry that is removed afterwards;
     the merged card keeps each seed's command and hyperparameters (`merged_from`) and its own command."""
-    from app import merge, registry
+    from app import merge, models, registry
     from app.config import adapters_dir
 
     root = Path(config.adapters_dir) if config.adapters_dir else adapters_dir()
     registry.check_name(config.name)
+    if (root / config.name).is_dir():  # refused before N trainings, not by the install after them
+        prev, base = registry.get(config.name, root), models.resolve(config.base_model).name
+        if prev.base_model and prev.base_model != base:
+            raise ValueError(f"adapter '{config.name}' v{prev.version} is for {prev.base_model}, this training for "
+                             f"{base}; train under another --name, or pass --base-model {prev.base_model}")
     if config.retrieval_aware and retrieved is None:  # one search, shared by every seed
         retrieved = retrieve_for(load_items(config.data)[: config.limit or None], config)
     scratch = Path(tempfile.mkdtemp(prefix=f"loracle-seeds-{config.name}-"))
@@ -423,7 +428,8 @@ def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None]
         labels = []
         for i in range(config.seeds):
             seed = config.seed + i
-            one = replace(config, seeds=1, seed=seed, name=f"seed{seed}", adapters_dir=str(scratch),
+            one = replace(config, seeds=1, seed=seed, name=f"{config.name[:48]}-seed{seed}"[:64],
+                          adapters_dir=str(scratch),
                           split_seed=config.seed if config.split_seed is None else config.split_seed)
             report = (lambda step, total, loss, i=i: progress(i * total + step, config.seeds * total, loss)) \
                 if progress else None
@@ -435,7 +441,7 @@ def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None]
                                "description": f"Equal-weight merge of {config.seeds} training seeds of one recipe on "
                                               f"{Path(config.data).name}" + (" with retrieved passages (RAFT-style)"
                                                                               if config.retrieval_aware else ""),
-                               "hyperparameters": {**hyper, "merge": "cat",
+                               "hyperparameters": {**hyper, "merge": "cat", "sources": labels,
                                                    "weights": [1.0 / config.seeds] * config.seeds},
                                "reproduce": command_for(config)})
     finally:

@@ -95,3 +95,39 @@ def test_cli_probe_with_consumer_templates_uses_the_adapters_index(setup, capsys
     assert result["template_set"] == "consumer" and result["pairs"] == 160
     assert set(result["modes"]) == {"base", "lora"}
     assert registry.get("med", root).card.extra["bias_probe"]["template_set"] == "consumer"
+
+
+class _ScriptedEngine:
+    """Answers from a script (question -> decision label, passage doc id): the probe's counting on known inputs.
+    The real engine is exercised above; here every flip and every passage change is chosen."""
+
+    def __init__(self, script):
+        self.script = script
+
+    def answer_batch(self, requests):
+        from app.decision import Decision
+        from app.types import Answer, Passage
+        from ingest.types import Chunk
+
+        out = []
+        for r in requests:
+            label, doc = self.script[r.question]
+            passages = [Passage(Chunk(f"{doc}#0", doc, "text", 0, 4), 1.0, 1)] if r.retrieval else []
+            probs = {o: (0.8 if o == label else 0.1) for o in ("yes", "no", "maybe")}
+            out.append(Answer("", "rag" if r.retrieval else "base", None, passages=passages,
+                              decision=Decision(label, probs, probs)))
+        return out
+
+
+def test_rag_flips_are_split_by_whether_the_pair_got_the_same_passages():
+    pairs = [bias.Pair("a1", "b1", "sex"), bias.Pair("a2", "b2", "sex"), bias.Pair("a3", "b3", "age")]
+    script = {"a1": ("yes", "d1"), "b1": ("no", "d1"),     # flips with the same passage: the model's own
+              "a2": ("yes", "d2"), "b2": ("no", "d3"),     # flips with another passage: retrieval's share
+              "a3": ("yes", "d4"), "b3": ("yes", "d4")}    # no flip, same passage
+    result = bias.probe(_ScriptedEngine(script), None, modes=("base", "rag"), pairs=pairs)
+    rag, base = result["modes"]["rag"], result["modes"]["base"]
+    assert (rag["flips"], rag["pairs"]) == (2, 3)
+    assert rag["same_passages"] == {"flips": 1, "pairs": 2, "flip_rate": 0.5}
+    assert "same_passages" not in base and base["flips"] == 2
+    row = next(r for r in bias.summary_rows(result) if r["mode"] == "rag")
+    assert (row["flip rate, same passages"], row["pairs with the same passages"]) == (0.5, 2)

@@ -261,8 +261,9 @@ def test_seeds_install_one_merged_adapter_with_each_seeds_lineage(qa_file, tiny_
     assert "seed 3: train loss" in out and "seed 4: train loss" in out
     assert [a.label for a in registry.list_adapters(root)] == ["ens@v1"]  # the seeds themselves are not kept
     card = registry.get("ens", root).card.to_dict()
-    assert [m["hyperparameters"]["seed"] for m in card["merged_from"]] == [3, 4]
+    assert [(m["name"], m["hyperparameters"]["seed"]) for m in card["merged_from"]] == [("ens-seed3", 3), ("ens-seed4", 4)]
     assert all(m["hyperparameters"]["split_seed"] == 3 and m["val_loss"] > 0 for m in card["merged_from"])
+    assert card["merged_from"][0]["train_loss"] != card["merged_from"][1]["train_loss"]  # two different runs
     items = load_items(qa_file)  # both seeds hold out the questions of the seed-3 split
     assert card["training_data"]["val_ids"] == [it["id"] for it in split(items, 0.3, 3)[1]]
     assert "--seeds 2" in card["reproduce"] and card["hyperparameters"]["seeds"] == 2
@@ -277,3 +278,11 @@ def test_seeds_report_progress_over_all_runs_and_refuse_a_parent(qa_file, tiny_m
     assert seen[-1][0] == seen[-1][1] and len({t for _, t in seen}) == 1 and seen == sorted(seen)
     with pytest.raises(ValueError, match="--seeds 2 with --parent"):
         _config(qa_file, tiny_model_dir, tmp_path, seeds=2, parent="tiny-med")
+    with pytest.raises(ValueError, match="--seeds 0 must be at least 1"):
+        _config(qa_file, tiny_model_dir, tmp_path, seeds=0)
+    with pytest.raises(ValueError, match="merged rank of 640"):
+        _config(qa_file, tiny_model_dir, tmp_path, seeds=5, rank=128)
+    again = train(cfg)  # the same name again: version 2 of it, with version 1 as its parent
+    assert again.version == 2 and again.card.parent == {"name": "tiny-med", "version": 1}
+    with pytest.raises(ValueError, match="v2 is for .* this training for org/another-model"):
+        train(replace(cfg, base_model="org/another-model"))  # refused before any seed trains: no hub to load it from
