@@ -131,6 +131,14 @@ class AdapterCard:
         return self.to_dict().get(key, default)
 
 
+def _same_passages(mode_result: dict) -> str:
+    same = mode_result.get("same_passages")
+    if not isinstance(same, dict) or not same.get("pairs"):
+        return ""
+    return (f" ({same.get('flips')} of the {same.get('pairs')} pairs given the same passages flip: "
+            f"{same.get('flip_rate')}; the rest of the rate comes with different passages)")
+
+
 def _losses(source: dict) -> str:
     found = [f"{what} loss {source[key]:.3f}" for what, key in (("train", "train_loss"), ("val", "val_loss"))
              if isinstance(source.get(key), (int, float))]
@@ -180,7 +188,8 @@ def render_readme(card: AdapterCard | dict) -> str:
         lines += ["", f"## Counterfactual bias probe (v{probe.get('version', '?')}, {probe.get('pairs', '?')} pairs)", "",
                   "Share of question pairs, differing only in the patient group (sex, age, ethnicity), whose "
                   "yes/no/maybe decision differs (`loracle ops bias-probe`):", ""]
-        lines += [f"- {mode}: {r.get('flip_rate')}" for mode, r in probe["modes"].items() if isinstance(r, dict)]
+        lines += [f"- {mode}: {r.get('flip_rate')}{_same_passages(r)}" for mode, r in probe["modes"].items()
+                  if isinstance(r, dict)]
     lines += ["", "## Evaluation (per version, per mode)", ""]
     if not card.evals:
         lines.append("(no evaluation recorded yet; run `loracle eval`)")

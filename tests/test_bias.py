@@ -131,3 +131,8 @@ def test_rag_flips_are_split_by_whether_the_pair_got_the_same_passages():
     assert "same_passages" not in base and base["flips"] == 2
     row = next(r for r in bias.summary_rows(result) if r["mode"] == "rag")
     assert (row["flip rate, same passages"], row["pairs with the same passages"]) == (0.5, 2)
+    from app.adapter_card import render_readme
+
+    readme = render_readme({"base_model": {"name": "m", "sha256": ""}, "bias_probe": result})
+    assert "- rag: 0.6667 (1 of the 2 pairs given the same passages flip: 0.5;" in readme
+    assert "- base: 0.6667\n" in readme
