@@ -298,6 +298,13 @@ def _link_file(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
+def check_next_version(prev: AdapterInfo | None, name: str, base_model_name: str) -> None:
+    """A ValueError when a new version of `name` would be for another base model than its current one (`prev`)."""
+    if prev is not None and prev.base_model and prev.base_model != base_model_name:
+        raise ValueError(f"adapter '{name}' v{prev.version} is for {prev.base_model}, the new one for "
+                         f"{base_model_name}; install it under another name")
+
+
 def _new_card(card: AdapterCard | dict, name: str, prev: AdapterInfo | None) -> AdapterCard:
     """The card of the version being installed: a copy of the given one with name, version, created,
     parent and the earlier versions' eval evidence filled in."""
@@ -305,9 +312,7 @@ def _new_card(card: AdapterCard | dict, name: str, prev: AdapterInfo | None) -> 
     if not card.base_model.name:
         raise ValueError("adapter card needs base_model {'name': ..., 'sha256': ...}; the registry refuses "
                          "adapters whose base model is unknown")
-    if prev is not None and prev.base_model and prev.base_model != card.base_model.name:
-        raise ValueError(f"adapter '{name}' v{prev.version} is for {prev.base_model}, the new one for "
-                         f"{card.base_model.name}; install it under another name")
+    check_next_version(prev, name, card.base_model.name)
     card.name, card.version = name, (prev.version + 1) if prev else 1
     card.created = card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if prev is not None:

@@ -320,8 +320,7 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
         "base_model": {"name": info.name, "spec": info.spec, "sha256": info.sha256},
         "training_data": {**data_reference(config.data), "items": len(items), "train": len(train_items),
                           "val": len(val_items), "val_ids": [str(it.get("id")) for it in val_items]},
-        "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                            if k not in ("data", "name", "adapters_dir")},
+        "hyperparameters": _hyperparameters(config),
         "retrieval": {"index": str(config.index), "k": config.k,
                       "examples_with_passages": sum(1 for e in train_ex if e.passages),
                       "examples_with_gold": sum(1 for e in train_ex if e.gold)} if config.retrieval_aware else None,
@@ -340,6 +339,11 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
     if parent:
         card["parent"] = parent
     return card
+
+
+def _hyperparameters(config: TrainConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+            if k not in ("data", "name", "adapters_dir")}
 
 
 def _index_chunker(index: str) -> dict | None:
@@ -417,10 +421,8 @@ def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None]
     root = Path(config.adapters_dir) if config.adapters_dir else adapters_dir()
     registry.check_name(config.name)
     if (root / config.name).is_dir():  # refused before N trainings, not by the install after them
-        prev, base = registry.get(config.name, root), models.resolve(config.base_model).name
-        if prev.base_model and prev.base_model != base:
-            raise ValueError(f"adapter '{config.name}' v{prev.version} is for {prev.base_model}, this training for "
-                             f"{base}; train under another --name, or pass --base-model {prev.base_model}")
+        registry.check_next_version(registry.get(config.name, root), config.name,
+                                    models.resolve(config.base_model).name)
     if config.retrieval_aware and retrieved is None:  # one search, shared by every seed
         retrieved = retrieve_for(load_items(config.data)[: config.limit or None], config)
     scratch = Path(tempfile.mkdtemp(prefix=f"loracle-seeds-{config.name}-"))
@@ -434,14 +436,12 @@ def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None]
             report = (lambda step, total, loss, i=i: progress(i * total + step, config.seeds * total, loss)) \
                 if progress else None
             labels.append(train(one, report, retrieved).label)
-        hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                 if k not in ("data", "name", "adapters_dir")}
         return merge.merge(config.name, labels, root=root, base_model=config.base_model, source_root=scratch,
                            card_update={
                                "description": f"Equal-weight merge of {config.seeds} training seeds of one recipe on "
                                               f"{Path(config.data).name}" + (" with retrieved passages (RAFT-style)"
                                                                               if config.retrieval_aware else ""),
-                               "hyperparameters": {**hyper, "merge": "cat", "sources": labels,
+                               "hyperparameters": {**_hyperparameters(config), "merge": "cat", "sources": labels,
                                                    "weights": [1.0 / config.seeds] * config.seeds},
                                "reproduce": command_for(config)})
     finally:

@@ -284,5 +284,5 @@ def test_seeds_report_progress_over_all_runs_and_refuse_a_parent(qa_file, tiny_m
         _config(qa_file, tiny_model_dir, tmp_path, seeds=5, rank=128)
     again = train(cfg)  # the same name again: version 2 of it, with version 1 as its parent
     assert again.version == 2 and again.card.parent == {"name": "tiny-med", "version": 1}
-    with pytest.raises(ValueError, match="v2 is for .* this training for org/another-model"):
+    with pytest.raises(ValueError, match="v2 is for .* the new one for org/another-model"):
         train(replace(cfg, base_model="org/another-model"))  # refused before any seed trains: no hub to load it from
