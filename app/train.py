@@ -315,8 +315,7 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
     import torch
 
     card = {
-        "description": f"LoRA adapter trained on {Path(config.data).name}"
-                       + (" with retrieved passages (RAFT-style)" if config.retrieval_aware else ""),
+        "description": _description("LoRA adapter trained", config),
         "base_model": {"name": info.name, "spec": info.spec, "sha256": info.sha256},
         "training_data": {**data_reference(config.data), "items": len(items), "train": len(train_items),
                           "val": len(val_items), "val_ids": [str(it.get("id")) for it in val_items]},
@@ -339,6 +338,11 @@ def _card(config: TrainConfig, info, items, train_items, val_items, train_ex, re
     if parent:
         card["parent"] = parent
     return card
+
+
+def _description(what: str, config: TrainConfig) -> str:
+    passages = f" with passages retrieved from '{config.index}' (RAFT-style)" if config.retrieval_aware else ""
+    return f"{what} on {Path(config.data).name}{passages}"
 
 
 def _hyperparameters(config: TrainConfig) -> dict:
@@ -438,9 +442,8 @@ def train_seeds(config: TrainConfig, progress: Callable[[int, int, float], None]
             labels.append(train(one, report, retrieved).label)
         return merge.merge(config.name, labels, root=root, base_model=config.base_model, source_root=scratch,
                            card_update={
-                               "description": f"Equal-weight merge of {config.seeds} training seeds of one recipe on "
-                                              f"{Path(config.data).name}" + (" with retrieved passages (RAFT-style)"
-                                                                              if config.retrieval_aware else ""),
+                               "description": _description(f"Equal-weight merge of {config.seeds} training seeds of "
+                                                           "one recipe trained", config),
                                "hyperparameters": {**_hyperparameters(config), "merge": "cat", "sources": labels,
                                                    "weights": [1.0 / config.seeds] * config.seeds},
                                "reproduce": command_for(config)})

@@ -172,6 +172,8 @@ def test_retrieval_aware_training_searches_the_index(qa_file, tiny_model_dir, tm
     assert info.card["retrieval"] == {"index": str(sample_index), "k": 2, "examples_with_passages": 8,
                                       "examples_with_gold": 8}
     assert "--retrieval-aware" in info.card["reproduce"]
+    assert info.card["description"] == f"LoRA adapter trained on {qa_file.name} with passages retrieved from " \
+                                       f"'{sample_index}' (RAFT-style)"
     manifest = json.loads((sample_index / "manifest.json").read_text())["chunker"]
     assert info.card["answer_settings"]["chunker"] == {k: manifest[k] for k in ("size", "overlap", "unit")}
 

@@ -10,6 +10,7 @@ from app import feedback
 from app.jobs import JobRunner, runner
 from app.types import Answer, Citation, Passage
 from app.ui.settings import load_settings, save_settings
+from app.ui.state import loss_frame, seed_of_step
 from ingest.types import Chunk
 
 
@@ -133,3 +134,17 @@ def test_friendly_errors_shows_one_line_and_logs_the_traceback(caplog):
     record = caplog.records[-1]
     assert record.name == "loracle.ui" and record.getMessage() == "Saving the default adapter failed"
     assert record.exc_info and record.exc_info[0] is KeyError
+
+
+def test_seeded_training_progress_is_split_into_one_loss_line_per_seed():
+    # train --seeds 3 from seed 5 reports its 12 steps one seed after another: 4 per seed
+    assert [seed_of_step(s, 12, 3, 5)[:2] for s in (1, 4, 5, 12)] == [(5, 1), (5, 4), (6, 1), (7, 4)]
+    assert seed_of_step(3, 10, 1, 0) == (0, 3, 10)
+    metrics = [{"step": step, "loss": 3.0 - 0.1 * step - seed, "series": f"seed {seed}"}
+               for seed in (0, 1) for step in (1, 2)]
+    frame = loss_frame(metrics)
+    assert list(frame.columns) == ["seed 0", "seed 1"] and list(frame.index) == [1, 2]
+    assert frame.loc[2, "seed 1"] == 3.0 - 0.2 - 1
+    single = loss_frame([{"step": 1, "loss": 2.0, "series": "seed 0"}, {"step": 2, "loss": 1.5, "series": "seed 0"}])
+    assert list(single.columns) == ["loss"] and list(single["loss"]) == [2.0, 1.5]
+    assert loss_frame([{"step": 1}]) is None

@@ -234,6 +234,7 @@ def test_adapters_table_card_default_and_training_in_the_background(ui_env):
 
     job = runner().get(job_id)
     assert job.status == "done" and job.kind == "train"
+    assert {m["series"] for m in job.metrics} == {"seed 0", "seed 1"}  # the loss chart draws one line per seed
 
     at = page("pages/4_Adapters.py")
     at.selectbox(key="card_adapter").select("tiny-tuned")

@@ -254,6 +254,27 @@ def timings_line(timings: dict[str, float]) -> str:
     return " · ".join(parts)
 
 
+def seed_of_step(step: int, total: int, seeds: int, first_seed: int) -> tuple[int, int, int]:
+    """(seed, step within that seed, steps per seed) for a step of `train --seeds`, whose progress counts
+    the seeds' steps one after another (app.train.train_seeds)."""
+    per_seed = max(1, total // max(1, seeds))
+    i = min(max(1, seeds) - 1, max(0, step - 1) // per_seed)
+    return first_seed + i, step - i * per_seed, per_seed
+
+
+def loss_frame(metrics: list[dict]):
+    """Training losses by step, one column per series (one per seed of a `--seeds` run), or None."""
+    losses = [m for m in metrics if "loss" in m and "step" in m]
+    if not losses:
+        return None
+    import pandas as pd
+
+    frame = pd.DataFrame(losses)
+    if "series" not in frame or frame["series"].nunique() < 2:
+        return frame.set_index("step")[["loss"]]
+    return frame.pivot_table(index="step", columns="series", values="loss", aggfunc="last")
+
+
 def follow_job(job: Job, poll_s: float = 0.3, loss_chart: bool = False) -> Job:
     """Show a job's progress live until it ends. The job runs in its own thread: leaving the
     page stops only this display, the work goes on and the page re-attaches when you come back."""
@@ -265,11 +286,9 @@ def follow_job(job: Job, poll_s: float = 0.3, loss_chart: bool = False) -> Job:
         bar.progress(current.progress, text=f"{current.title}: {current.message or current.status} ({current.elapsed_s:.0f} s)")
         if chart is not None and len(current.metrics) != shown:
             shown = len(current.metrics)
-            losses = [m for m in current.metrics if "loss" in m]
-            if losses:
-                import pandas as pd
-
-                chart.line_chart(pd.DataFrame(losses).set_index("step")[["loss"]], height=220)
+            frame = loss_frame(current.metrics)
+            if frame is not None:
+                chart.line_chart(frame, height=220)
         if not current.active:
             break
         time.sleep(poll_s)

@@ -215,11 +215,16 @@ def start_training(cfg_kwargs: dict):
     def job(report):
         from app.train import TrainConfig, train
 
+        config = TrainConfig(**cfg_kwargs)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            seed, seed_step, per_seed = state.seed_of_step(step, total, config.seeds, config.seed)
+            where = f"seed {seed} · step {seed_step}/{per_seed}" if config.seeds > 1 else f"step {step}/{total}"
+            report.steps(step, total, f"{where} · loss {loss:.3f}", step=seed_step, loss=float(loss),
+                         series=f"seed {seed}")
+
         report(0.0, "preparing")
-        info = train(TrainConfig(**cfg_kwargs),
-                     progress=lambda step, total, loss: report.steps(step, total, f"step {step}/{total} · loss {loss:.3f}",
-                                                                     step=step, loss=float(loss)))
-        return info
+        return train(config, progress=progress)
 
     return runner().submit("train", f"train '{cfg_kwargs['name']}'", job, targets=(cfg_kwargs["name"],))
 
