@@ -124,6 +124,7 @@ class EvalConfig:
     base_model: str | None = None
     judge: str | None = None  # None: no judge; "" or "default": the base model; else a model spec
     save_to_card: bool = False
+    replace_card_eval: bool = False  # let save_to_card replace a stored evaluation that covers more
     resume: bool = False  # keep the modes already complete in `out`, run only the missing ones
     n_resamples: int = 1000
     seed: int = 0
@@ -147,6 +148,8 @@ class EvalConfig:
         "split_by_retrieval": "rows with passages in a batch of their own (less padding on CPU)",
         "base_model": "base model spec (default smollm2-135m-instruct)",
         "save_to_card": "store the summary in the adapter's card.json under its version",
+        "replace_card_eval": "with --save-to-card: replace a stored evaluation that has more questions, other "
+                             "modes or another question set (refused otherwise, before evaluating)",
         "resume": "keep the modes already complete in --out and run only the missing ones",
         "n_resamples": "bootstrap resamples",
         "seed": "bootstrap and few-shot seed",

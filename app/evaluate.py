@@ -249,7 +249,9 @@ def summarize(rows: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
     """Settings + per-mode metrics + paired bootstrap differences (recomputable from results.jsonl)."""
     k, n, seed = settings.get("k", 5), settings.get("n_resamples", 1000), settings.get("seed", 0)
     modes = settings.get("modes") or list(dict.fromkeys(r["mode"] for r in rows))
-    per_mode = {m: metrics.mode_metrics([r for r in rows if r["mode"] == m], k, n, seed) for m in modes}
+    own_k = settings.get("k_by_mode") or {}  # recall@k at the k each mode really used
+    per_mode = {m: metrics.mode_metrics([r for r in rows if r["mode"] == m], own_k.get(m) or k, n, seed)
+                for m in modes}
     summary = {**settings, "metrics": per_mode, "differences": metrics.mode_differences(rows, modes, n, seed)}
     summary["verdict"] = verdict(rows, summary)
     return summary
@@ -300,10 +302,40 @@ def card_summary(summary: dict[str, Any]) -> dict[str, Any]:
             "differences": summary.get("differences", [])}
 
 
-def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None) -> str:
+def check_card_record(label: str, n_items: int, data_sha256: str | None, modes, root=None,
+                      replace: bool = False) -> None:
+    """Refuse a card record that would replace stored evidence covering more: more questions, a mode this
+    run lacks, or another question set (a 2-question check must not overwrite a 50-question evaluation)."""
+    from app import registry
+
+    if replace:
+        return
+    try:
+        card = registry.get(label.split("@", 1)[0], root).card
+    except FileNotFoundError:  # not a registry adapter: save_to_card says so
+        return
+    stored = card.evals.get("v" + label.rpartition("@v")[2]) or {}
+    run = stored.get("run") or {}
+    old_modes = [m for m in stored if m not in ("run", "differences")]
+    lost = []
+    if run.get("data_sha256") and data_sha256 and run["data_sha256"] != data_sha256:
+        lost.append(f"it was run on another question set ({Path(str(run.get('data'))).name})")
+    elif (run.get("n_items") or 0) > n_items:
+        lost.append(f"it has {run['n_items']} questions, this run {n_items}")
+    missing = [m for m in old_modes if m not in modes]
+    if missing:
+        lost.append(f"it has modes this run lacks ({', '.join(missing)})")
+    if lost:
+        raise ValueError(f"{label}'s card already holds an evaluation that this one would replace: "
+                         f"{'; '.join(lost)}. Record a run that covers as much, or replace it on purpose "
+                         f"(--replace-card-eval; on the Evaluate page, tick 'Replace the stored evaluation')")
+
+
+def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None, replace: bool = False) -> str:
     """Store the summary under the evaluated adapter's version in its card.json (app.registry.record_eval);
     `adapter` ("name@vN") defaults to the one in the summary. Refused when the registry's current version is
-    not the one evaluated, so numbers never land on the wrong version. Returns the label stored under."""
+    not the one evaluated, so numbers never land on the wrong version, and (unless `replace`) when it would
+    replace a stored evaluation that covers more (check_card_record). Returns the label stored under."""
     from app import registry
 
     label = adapter or summary.get("adapter")
@@ -315,6 +347,8 @@ def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None)
     if current.label != label:
         raise ValueError(f"evaluated {label} but the registry's current version is {current.label}; "
                          f"results are stored only for the current version")
+    check_card_record(label, summary.get("n_items") or 0, summary.get("data_sha256"),
+                      list(summary.get("metrics", {})), root, replace)
     registry.record_eval(name, card_summary(summary), root=root)
     return label
 
@@ -392,6 +426,9 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
         adapter = engine.load_adapter(spec) if spec else None  # NAME, NAME@vN or a folder
         if prev is not None and kept:
             _check_resumable(prev.summary, kept, engine, adapter, cfg.index, cfg.passage_chars, out_dir)
+        if cfg.save_to_card and adapter is not None and "@v" in adapter.label:  # refused now, not after the run
+            check_card_record(adapter.label, len(items), sha256_file(Path(cfg.data)), modes, engine.root,
+                              cfg.replace_card_eval)
         if adapter and cfg.index is None and "lora+rag" in todo:
             engine.build_card_index(adapter)
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
@@ -417,7 +454,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     result.extra["out"] = str(out_dir)
     result.extra["written"] = [str(p) for p in write_results(result, out_dir)]
     if cfg.save_to_card:
-        result.extra["card"] = save_to_card(result.summary, root=engine.root if engine else None)
+        result.extra["card"] = save_to_card(result.summary, root=engine.root if engine else None,
+                                            replace=cfg.replace_card_eval)
     return result
 
 

@@ -10,6 +10,7 @@ import pytest
 from app import metrics
 from app.evaluate import (EvalResult, QAItem, _row, compare_results, load_questions, load_results,
                           save_to_card, summarize, write_results)
+from app.eval_report import plot_summary, summary_markdown
 from app.decision import Decision
 from app.prompts import parse_citations, parse_decision
 from app.types import Answer, Passage
@@ -104,6 +105,20 @@ def test_summary_differences_and_markdown(tmp_path):
     assert back.rows == json.loads(json.dumps(rows)) and back.summary["metrics"] == summary["metrics"]
 
 
+def test_recall_is_reported_at_the_k_each_mode_used():
+    # rag read 2 passages, lora+rag 1 (its adapter's k): the one that missed at k=1 is not "recall@2"
+    docs = [[passage("doc-x", 1), passage(f"doc-{i}", 2)] for i in (1, 2, 3)]
+    rows = rows_for("rag", ["Yes.", "No.", "Maybe."], docs) + rows_for("lora+rag", ["Yes.", "No.", "Maybe."],
+                                                                        [d[:1] for d in docs])
+    summary = summarize(rows, {"modes": ["rag", "lora+rag"], "k": 2, "n_items": 3,
+                               "k_by_mode": {"rag": 2, "lora+rag": 1}})
+    assert summary["metrics"]["rag"]["recall@2"] == 1.0 and summary["metrics"]["lora+rag"]["recall@1"] == 0.0
+    assert "recall@2" not in summary["metrics"]["lora+rag"]
+    md = summary_markdown(summary)
+    assert "recall@k (each mode's k)" in md and "100.0% (k=2)" in md and "0.0% (k=1)" in md
+    assert "recall" in plot_summary(summary)
+
+
 def test_the_summary_names_each_modes_index_and_k_when_an_adapter_card_names_its_own():
     from app.eval_report import summary_markdown
 
@@ -194,6 +209,24 @@ def test_card_update_under_the_evaluated_version(registry_root, tiny_model_dir):
     assert kept["v1"]["lora"]["accuracy"] == round(2 / 3, 4) and "v2" not in kept
 
 
+def test_a_smaller_evaluation_does_not_silently_replace_the_stored_one(registry_root):
+    from app import registry
+
+    current = registry.get("med", registry_root)
+    full = summarize(rows_for("lora", ["Yes.", "No.", "No."]) + rows_for("lora+rag", ["Yes.", "Yes.", "No."]),
+                     {"modes": ["lora", "lora+rag"], "adapter": current.label, "n_items": 3})
+    save_to_card(full, root=registry_root)
+    small = summarize(rows_for("lora", ["No."]), {"modes": ["lora"], "adapter": current.label, "n_items": 1})
+    with pytest.raises(ValueError, match=r"it has 3 questions, this run 1; it has modes this run lacks \(lora\+rag\)"
+                                         r".*--replace-card-eval"):
+        save_to_card(small, root=registry_root)
+    stored = json.loads((registry_root / "med" / "card.json").read_text())["evals"][f"v{current.version}"]
+    assert stored["run"]["n_items"] == 3 and "lora+rag" in stored  # nothing stored was lost
+    save_to_card(small, root=registry_root, replace=True)  # on purpose
+    stored = json.loads((registry_root / "med" / "card.json").read_text())["evals"][f"v{current.version}"]
+    assert stored["run"]["n_items"] == 1 and "lora+rag" not in stored
+
+
 def test_judge_scores_are_finite_probabilities(tiny_model_dir):
     from app.judge import FaithfulnessJudge
 
@@ -244,6 +277,11 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "latency.png").is_file()
     info = registry.get("med", registry_root)
     assert info.card["evals"][f"v{info.version}"]["lora"]["n"] == 3
+    # a one-question check would replace those three questions' evidence: refused before it runs
+    small = [a if a != "3" else "1" for a in argv[:-4]] + ["--out", str(tmp_path / "small"), "--modes", "lora"]
+    assert main(small + ["--save-to-card"]) == 2
+    assert "it has 3 questions, this run 1" in capsys.readouterr().err and not (tmp_path / "small").exists()
+    assert registry.get("med", registry_root).card.evals == info.card["evals"]
     # resuming with another adapter would mix its rows with med's: refused, the folder untouched
     from tests.tiny_adapter import card_for, make_adapter
 

@@ -136,7 +136,8 @@ if result is not None:
         st.info(summary["verdict"]["text"])
     st.subheader("Results per mode")
     per_mode = pd.DataFrame(summary["metrics"]).T
-    first = ["n", "accuracy", "macro_f1", f"recall@{summary.get('k', 5)}", "rouge_l", "latency_mean_s"]
+    first = ["n", "accuracy", "macro_f1", *sorted(c for c in per_mode.columns if c.startswith("recall@")), "rouge_l",
+             "latency_mean_s"]
     per_mode = per_mode[[c for c in first if c in per_mode.columns] + [c for c in per_mode.columns if c not in first]]
     st.dataframe(per_mode, width="stretch")
     figs = plot_summary(summary)
@@ -150,12 +151,16 @@ if result is not None:
                        json.dumps({"summary": summary, "rows": result.rows}, indent=2, default=str),
                        "results.json", "application/json", key="dl_json")
     lora_adapter = summary.get("adapter")
-    if lora_adapter and c3.button("Record in the adapter card", key="eval_record"):
-        with state.friendly_errors("Recording the evaluation"):
-            from app.evaluate import save_to_card
+    if lora_adapter:
+        replace = c3.checkbox("Replace the stored evaluation", key="eval_record_replace",
+                              help="Needed when the card already holds an evaluation with more questions, "
+                                   "other modes or another question set, which this one would replace.")
+        if c3.button("Record in the adapter card", key="eval_record"):
+            with state.friendly_errors("Recording the evaluation"):
+                from app.evaluate import save_to_card
 
-            save_to_card(summary, lora_adapter)
-            st.success(f"Stored under {lora_adapter} in its card.json.")
+                save_to_card(summary, lora_adapter, replace=replace)
+                st.success(f"Stored under {lora_adapter} in its card.json.")
 
     st.subheader("Per question")
     table = (rows.assign(gold=rows["gold"].fillna("-"), decision=rows["decision"].fillna("-"))
