@@ -63,6 +63,9 @@ def _cheaper(summary: dict, a: str, b: str) -> bool:
     return tok_a < 0.9 * tok_b or (tok_a <= 1.1 * tok_b and lat_a < 0.8 * lat_b)
 
 
+MIN_QUESTIONS = 20  # fewer paired questions: the bootstrap interval is degenerate, no verdict is drawn
+
+
 def verdict(rows: list[dict], summary: dict, n_resamples: int | None = None) -> dict[str, Any]:
     """{"metric", "best", "comparisons": [...], "recommended", "text"}; text is one short paragraph."""
     modes = list(summary.get("metrics") or dict.fromkeys(r["mode"] for r in rows))
@@ -84,7 +87,11 @@ def verdict(rows: list[dict], summary: dict, n_resamples: int | None = None) -> 
         d = paired_difference([per_mode[best][i] for i in ids], [per_mode[other][i] for i in ids], metric, n,
                               summary.get("seed", 0))
         comparisons.append({"mode": other, **{k: round(v, 4) for k, v in d.items()},
-                            "significant": d["ci_low"] > 0})
+                            "significant": d["ci_low"] > 0 and len(ids) >= MIN_QUESTIONS})
+    if len(per_mode[best]) < MIN_QUESTIONS:  # a bootstrap over a handful of questions has degenerate intervals
+        return {"metric": metric, "best": best, "values": {m: round(v, 4) for m, v in values.items()},
+                "comparisons": comparisons, "recommended": None,
+                "text": _text(metric, best, values, comparisons, None, summary, len(per_mode[best]))}
     cheaper = [c for c in comparisons if not c["significant"] and _cheaper(summary, c["mode"], best)]
     # of the clearly cheaper modes not significantly worse, the best scoring; then the fewest prompt tokens
     recommended = min(cheaper, key=lambda c: (-round(values[c["mode"]], 6), _cost(summary, c["mode"])[::-1]))["mode"] \
@@ -104,7 +111,11 @@ def _text(metric, best, values, comparisons, recommended, summary, n) -> str:
     for c in comparisons:
         sig = "significant" if c["significant"] else "not significant"
         out.append(f"Against {c['mode']}: {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], {sig}.")
-    if recommended != best:
+    if n < MIN_QUESTIONS:
+        out.append(f"With only {n} questions no difference can be called significant and no mode is recommended: "
+                   f"evaluate at least {MIN_QUESTIONS} (the 50 dev questions tell apart only differences of about "
+                   "15 points).")
+    elif recommended != best:
         rl, rt = _cost(summary, recommended)
         out.append(f"The difference to **{recommended}** is not significant, so the cheaper {recommended} "
                    f"({rl:.2f} s, {rt:.0f} prompt tokens) is enough on this set.")

@@ -447,3 +447,12 @@ def test_a_rerun_into_the_same_folder_leaves_no_chart_of_the_earlier_run(tmp_pat
     write_results(EvalResult(rows, summarize(rows, {"modes": ["lora"], "k": 5, "n_items": 3})), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"results.jsonl", "summary.json", "summary.md", "accuracy.png",
                                                     "latency.png"}
+
+
+def test_verdict_draws_no_conclusion_from_a_handful_of_questions():
+    golds = ["yes", "no", "maybe", "yes", "no"]
+    rows = _verdict_rows("base", golds, 2.0, 65)[:5] + _verdict_rows("lora", ["no"] * 5, 1.0, 65)[:5]
+    v = summarize(rows, {"modes": ["base", "lora"], "k": 3})["verdict"]
+    assert v["best"] == "base" and v["recommended"] is None and not v["comparisons"][0]["significant"]
+    assert "With only 5 questions no difference can be called significant" in v["text"]
+    assert "enough" not in v["text"]
