@@ -311,10 +311,31 @@ def test_evaluate_uploaded_set_gives_per_mode_results_and_downloads(ui_env):
 def test_evaluate_bad_upload_is_a_message(ui_env):
     at = page("pages/5_Evaluate.py")
     at.radio(key="eval_source").set_value("Upload JSONL")
-    at.file_uploader(key="eval_upload").set_value(("dev.jsonl", b"[1, 2]\n", "application/json"))
+    good = json.dumps({"id": "q1", "question": "Is it?", "final_decision": "yes"})
+    at.file_uploader(key="eval_upload").set_value(("mine.jsonl", f"{good}\n[1, 2]\n".encode(), "application/json"))
     next(b for b in at.button if b.label == "Run evaluation").click()
     at.run()
     assert at.error and not at.exception
+    message = at.error[0].value
+    assert "mine.jsonl" in message and "line 2" in message and "loracle-eval-" not in message  # not the temp copy
+
+
+def test_a_second_evaluation_waits_for_the_running_one(ui_env):
+    import threading
+
+    from app.jobs import runner
+
+    gate = threading.Event()
+    running = runner().submit("evaluate", "evaluate first.jsonl (base)", lambda report: gate.wait(30))
+    try:
+        at = page("pages/5_Evaluate.py")
+        next(b for b in at.button if b.label == "Run evaluation").click()
+        at.run(timeout=60)
+        assert any("already running (evaluate first.jsonl (base))" in e.value for e in at.error)
+        assert "eval_job" not in at.session_state
+    finally:
+        gate.set()
+        runner().wait(running.id, timeout=30)
     assert os.environ["LORACLE_INDEX"] == INDEX
 
 

@@ -86,6 +86,10 @@ def start(path: Path, limit: int, tmp: Path | None, shots_path: Path | None):
 
 if submitted:
     with state.friendly_errors("Starting the evaluation"):
+        running = state.active_job("evaluate")
+        if running is not None:
+            raise ValueError(f"an evaluation is already running ({running.title}); its progress is below: wait for "
+                             "it to finish, then start the next")
         if not modes:
             raise ValueError("pick at least one mode")
         if any(m.startswith("lora") for m in modes) and adapter is None:
@@ -101,7 +105,10 @@ if submitted:
             path.write_bytes(upload.getvalue())
             from app.evaluate import load_questions
 
-            load_questions(path, limit=1)  # a bad file fails here, in the page, not in the background
+            try:  # a bad file fails here, in the page, not in the background
+                load_questions(path)
+            except ValueError as exc:
+                raise ValueError(str(exc).replace(str(path), upload.name)) from None
         else:
             path = bundled[source]
         shots_path = None
