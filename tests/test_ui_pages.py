@@ -229,6 +229,8 @@ def test_adapters_table_card_default_and_training_in_the_background(ui_env):
     assert {a.name for a in list_adapters()} == {ADAPTER, "tiny-tuned"}  # two seeds, installed as one merge
     tuned = next(a for a in list_adapters() if a.name == "tiny-tuned")
     assert [m["hyperparameters"]["seed"] for m in tuned.card.extra["merged_from"]] == [0, 1]
+    assert "qa.jsonl" in tuned.card.extra["merged_from"][0]["reproduce"]  # the upload's name, not a stand-in
+    assert "tiny-tuned" in list(at.dataframe[0].value["name"])  # the page's table lists it once training ends
     job_id = at.session_state["train_job"]
     from app.jobs import runner
 

@@ -184,7 +184,7 @@ st.subheader("Train a new adapter")
 with st.form("train_form"):
     source = st.radio("Training data", ["Upload QA JSONL", "Retrieval-aware from the current index"],
                       key="train_source", horizontal=True)
-    upload = st.file_uploader("QA JSONL ({question, long_answer, final_decision?, context_doc_id?} per line)",
+    upload = st.file_uploader("QA JSONL ({id, question, long_answer, final_decision?, context_doc_id?} per line)",
                               type=["jsonl"], key="train_upload")
     c1, c2, c3, c4, c5 = st.columns(5)
     name = c1.text_input("Adapter name", key="train_name", placeholder="e.g. medical-v2")
@@ -202,7 +202,7 @@ def staged_training_file(upload) -> str:
     """The upload written to a temp file and checked with the trainer's own reader (errors name the upload)."""
     from app.train import load_items
 
-    path = Path(tempfile.mkdtemp(prefix="loracle-train-")) / "train.jsonl"
+    path = Path(tempfile.mkdtemp(prefix="loracle-train-")) / (Path(upload.name).name or "train.jsonl")
     path.write_bytes(upload.getvalue())
     try:
         load_items(path)
@@ -263,6 +263,9 @@ if job_id:
     except KeyError:
         job = None
     if job is not None and job.status == "done" and job.result is not None:
+        if st.session_state.get("train_shown") != job.id:  # once: the table and menus above list the new adapter
+            st.session_state["train_shown"] = job.id
+            st.rerun()
         st.success(f"Trained and registered {getattr(job.result, 'label', job.result)}. "
                    f"It is available in the adapter menus now (no reload).")
 st.subheader("Merge adapters")
