@@ -117,7 +117,8 @@ def _open(index: str | Path, config: IngestConfig | None) -> tuple[Index, Ingest
 
 
 def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX, config: IngestConfig | None = None,
-                 progress: Progress | None = None, remove: Iterable[str] = ()) -> IngestReport:
+                 progress: Progress | None = None, remove: Iterable[str] = (),
+                 sources: dict[str, str] | None = None) -> IngestReport:
     """Add files / folders / JSONL corpora to `index` (created when missing and there are files to add) and
     remove doc ids (from an index that must exist).
 
@@ -125,7 +126,8 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
     own embedder and chunker settings (a new one gets `IngestConfig()`'s). Unchanged documents are
     skipped, changed ones replaced; a file that cannot be ingested is listed in `report.rejected`
     with a one-line reason while the rest go in. `progress(done, total, name)` is called per document.
-    All changes are committed together: on an exception the index is left as it was.
+    All changes are committed together: on an exception the index is left as it was. `sources` maps a file
+    path to the source its documents record instead (an upload's own name rather than its temporary copy).
 
     >>> from ingest import ingest_paths
     >>> report = ingest_paths(["papers/", "notes.md"], index="my-papers")
@@ -157,7 +159,7 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
                 jobs: queue.Queue = queue.Queue(maxsize=256)
                 tracker = _Tracker(len(files), progress)
                 producer = threading.Thread(target=_produce, daemon=True, args=(
-                    files, known, key, config, embedder.path, report, jobs, tracker))
+                    files, known, key, config, embedder.path, report, jobs, tracker, sources or {}))
                 producer.start()
                 _consume(jobs, w, embedder, config.batch_size, key, known, report, tracker)
                 producer.join()
@@ -172,7 +174,8 @@ def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestR
 
 
 def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, config: IngestConfig,
-             tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker) -> None:
+             tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker,
+             sources: dict[str, str]) -> None:
     """Background thread: load + chunk each file, put (doc, chunks) on the queue; None ends it."""
     seen: dict[str, str] = {}
     try:
@@ -199,6 +202,7 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
                 continue
             tracker.grow(len(docs) - 1)
             for doc in docs:
+                doc.source = sources.get(str(path), doc.source)
                 if doc.doc_id in seen:
                     report.rejected.append((str(path), f"doc id '{doc.doc_id}' already comes from {seen[doc.doc_id]}"))
                     tracker.step(doc.doc_id)

@@ -185,6 +185,15 @@ def test_documents_upload_lands_in_the_index_and_bad_files_are_listed(ui_env):
     assert after - before == {"zinc-note"}
     assert at.error and "rejected" in at.error[0].value  # the bad PDF is listed with its reason
     assert any("broken.pdf" in str(df.value) for df in at.dataframe)
+    assert at.success[0].value.startswith("Added 1 new document(s)")
+    stored = next(d for d in Index.open(INDEX).documents() if d["doc_id"] == "zinc-note")
+    assert stored["source"] == "upload: zinc-note.txt"  # its name, not the deleted temporary copy's path
+
+    at.file_uploader(key="uploads").set_value([("only-bad.pdf", b"junk", "application/pdf")])
+    at.run()
+    at.button(key="add_docs").click()
+    at.run()
+    assert not at.success and at.warning and "Nothing was added" in at.warning[0].value
 
     at.selectbox(key="remove_doc").select("zinc-note")
     at.run()

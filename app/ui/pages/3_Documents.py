@@ -68,12 +68,14 @@ if not names:
 index = state.index_picker("doc_index")
 
 
-def run_ingest(paths: list[Path], index_name: str, tmp: Path):
+def run_ingest(paths: list[Path], index_name: str, tmp: Path, shown: dict[str, str]):
     from ingest.pipeline import ingest_paths
+
+    sources = {str(p): f"upload: {shown.get(str(p), p.name)}" for p in paths}  # not the temporary copy's path
 
     def job(report):
         try:
-            return ingest_paths(paths, index=index_name,
+            return ingest_paths(paths, index=index_name, sources=sources,
                                 progress=lambda done, total, *a: report.steps(done, total, f"{done}/{total} files"))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -82,8 +84,18 @@ def run_ingest(paths: list[Path], index_name: str, tmp: Path):
 
 
 def show_report(report) -> None:
-    st.success(f"Added {len(report.added)} document(s), {report.chunks_added} chunk(s); "
-               f"skipped {len(report.skipped)} unchanged.")
+    new = len(report.added) - len(report.replaced)
+    done = [f"added {new} new document(s)"] + ([f"replaced {len(report.replaced)} changed one(s)"]
+                                                if report.replaced else [])
+    done += [f"{report.chunks_added} chunk(s)"] + ([f"skipped {len(report.skipped)} unchanged"]
+                                                   if report.skipped else [])
+    message = "; ".join(done).capitalize() + "."
+    if report.added:
+        st.success(message)
+    elif report.skipped:
+        st.info(message)
+    else:
+        st.warning("Nothing was added to the index: every file was rejected (reasons below).")
     names = st.session_state.get("upload_names", {})  # stored path -> the name the user uploaded
     rejected = st.session_state.get("upload_refused", []) + [
         (names.get(path, Path(path).name), reason) for path, reason in report.rejected]
@@ -104,7 +116,7 @@ if st.button("Add to index", type="primary", key="add_docs", disabled=not upload
         # safe stored names; bad names, sizes and contents are refused before anything is written
         staged = stage_uploads(((f.name, f.getvalue()) for f in uploads), tmp)
         st.session_state["upload_refused"], st.session_state["upload_names"] = staged.rejected, staged.shown
-        st.session_state["ingest_job"] = run_ingest(staged.paths, index, tmp).id
+        st.session_state["ingest_job"] = run_ingest(staged.paths, index, tmp, staged.shown).id
 
 job_id = st.session_state.get("ingest_job")
 active = state.active_job("ingest")
