@@ -10,7 +10,7 @@ from app import feedback
 from app.jobs import JobRunner, runner
 from app.types import Answer, Citation, Passage
 from app.ui.settings import load_settings, save_settings
-from app.ui.state import loss_frame, seed_of_step
+from app.ui.state import loss_frame, seed_of_step, settings_line, timings_line
 from ingest.types import Chunk
 
 
@@ -148,3 +148,14 @@ def test_seeded_training_progress_is_split_into_one_loss_line_per_seed():
     single = loss_frame([{"step": 1, "loss": 2.0, "series": "seed 0"}, {"step": 2, "loss": 1.5, "series": "seed 0"}])
     assert list(single.columns) == ["loss"] and list(single["loss"]) == [2.0, 1.5]
     assert loss_frame([{"step": 1}]) is None
+
+
+def test_answer_settings_and_timings_lines_read_plainly():
+    chunk = Chunk("d#0", "d", "text", 0, 4)
+    whole = Answer("Yes.", "lora+rag", "med@v1", [Passage(chunk, 1.0, 1)], [],
+                   settings={"k": 1, "passage_chars": None, "index": "pubmedqa-doc", "source": {"k": "adapter med@v1"}})
+    assert settings_line(whole) == "k=1, passages whole, index pubmedqa-doc (adapter med@v1)"
+    whole.settings["passage_chars"] = 450
+    assert "passages 450 chars each" in settings_line(whole)
+    assert timings_line({"retrieval_s": 0.0, "generation_s": 1.5}) == "generation 1.50 s"  # no retrieval in lora
+    assert timings_line({"retrieval_s": 0.012, "generation_s": 1.5}).startswith("retrieval 12 ms")

@@ -237,13 +237,13 @@ def settings_line(answer: Any) -> str:
     if not s or not getattr(answer, "passages", None):
         return ""
     src = s.get("source", {}).get("k", "")
-    chars = s.get("passage_chars") or "whole"
-    return f"k={s.get('k')}, passages {chars} chars, index {s.get('index')} ({src})"
+    chars = f"{s['passage_chars']} chars each" if s.get("passage_chars") else "whole"
+    return f"k={s.get('k')}, passages {chars}, index {s.get('index')} ({src})"
 
 
 def timings_line(timings: dict[str, float]) -> str:
     parts = []
-    if "retrieval_s" in timings:
+    if timings.get("retrieval_s"):  # 0 in the modes that do not retrieve
         parts.append(f"retrieval {timings['retrieval_s'] * 1000:.0f} ms")
     if "generation_s" in timings:
         parts.append(f"generation {timings['generation_s']:.2f} s")

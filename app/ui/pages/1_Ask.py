@@ -62,8 +62,9 @@ if submitted:
                     just_answered.question = question.strip()
                 history.append(just_answered)
                 st.session_state["last_answer"] = just_answered
-                if retrieval and index is not None and not just_answered.passages:
-                    st.warning(f"Retrieval found no passages in index '{index}' (is it empty?); "
+                if retrieval and index is not None and not just_answered.passages and not just_answered.notes:
+                    used = (just_answered.settings or {}).get("index") or state.index_arg(index)
+                    st.warning(f"Retrieval found no passages in index '{used}' (is it empty?); "
                                f"this answer used no documents.")
 
 
