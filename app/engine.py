@@ -335,9 +335,17 @@ class Engine:
                         citations=prompts.parse_citations(gen.text, p.passages), timings=timings,
                         question=p.request.question, decision=self._decision(p, gen),
                         settings={**p.settings, "max_new_tokens": p.max_new_tokens},
-                        route=route, notes=list(p.notes))
+                        route=route, notes=list(p.notes) + self._length_note(p, gen))
         self._record(p, answer)
         return answer
+
+    @staticmethod
+    def _length_note(p: _Prepared, gen) -> list[str]:
+        """A note when the answer ran into its token budget (not for decision-only runs of a token or two)."""
+        if p.max_new_tokens < 16 or gen.new_tokens < p.max_new_tokens or getattr(gen, "cancelled", False):
+            return []
+        return [f"the answer stopped at its limit of {p.max_new_tokens} new tokens and may be cut short; allow "
+                "more with the Ask page's 'Answer tokens', --max-new-tokens or LORACLE_MAX_NEW_TOKENS"]
 
     def _record(self, p: _Prepared, answer: Answer) -> None:
         """Audit log row; a failing log never fails the answer (the failure goes to the "loracle.engine" log)."""

@@ -237,3 +237,11 @@ def test_real_default_model_answers_in_all_four_modes(tmp_path):
         assert all(c.passage is not None for c in a.citations if c.valid)
         assert a.decision is not None and a.text.lower().startswith(a.decision.label)  # a yes/no question
     assert result["rag"].settings["k"] == 2  # the engine's k; lora+rag takes the adapter card's when it has one
+
+
+def test_an_answer_cut_at_its_token_limit_says_so(setup):
+    engine = setup[0]
+    cut = engine.answer(QUESTIONS[0], max_new_tokens=16)  # the random tiny model never says end-of-text
+    assert cut.timings["new_tokens"] == 16
+    assert any("stopped at its limit of 16 new tokens" in n and "--max-new-tokens" in n for n in cut.notes)
+    assert not engine.answer(QUESTIONS[0], max_new_tokens=4).notes  # decision-sized budgets are not flagged

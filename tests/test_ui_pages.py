@@ -85,6 +85,9 @@ def test_ask_toggles_change_the_mode_used_without_reloading(ui_env):
     assert all(p.chunk.doc_id for p in a.passages)
     assert len(at.session_state["history"]) == 4
     assert len(at.expander) >= 2 and at.code  # passages expandable, chunk shown as plain text
+    at.number_input(key="ask_tokens").set_value(16)
+    a = ask(at, "Does aspirin reduce the risk of heart attack?", "off", False)
+    assert a.settings["max_new_tokens"] == 16 and a.timings["new_tokens"] <= 16
     assert get_engine() is engine and engine.model is model  # switching never reloaded anything
 
 

@@ -12,7 +12,7 @@ st.caption("One base model; switch the domain adapter and retrieval independentl
 engine = state.engine_or_stop()
 history: list = st.session_state.setdefault("history", [])
 
-left, mid, right = st.columns([2, 1, 1])
+left, mid, right, far = st.columns([2, 1, 1, 1])
 with left:
     adapter = state.adapter_picker("ask_adapter", allow_auto=True)
 with mid:
@@ -21,6 +21,10 @@ with right:
     k = st.number_input("Passages (k)", min_value=0, max_value=20, value=0, key="ask_k", disabled=not retrieval,
                         help="0: the adapter's trained setting when it is on, else the engine's default "
                              f"({engine.config.k})")
+with far:
+    max_tokens = st.number_input("Answer tokens", min_value=0, max_value=1024, value=0, step=32, key="ask_tokens",
+                                 help="Longest answer in new tokens. 0: the adapter's trained setting when it is on, "
+                                      f"else the engine's default ({engine.config.max_new_tokens})")
 decide, calibrate = state.decision_controls("ask")
 index = None
 if retrieval:
@@ -39,7 +43,8 @@ def ask(question: str):
 
     def deltas():
         for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
-                                  k=int(k) or None, index=state.index_arg(index), decide=decide, calibrate=calibrate, origin="ui"):
+                                  k=int(k) or None, index=state.index_arg(index), decide=decide, calibrate=calibrate,
+                                  max_new_tokens=int(max_tokens) or None, origin="ui"):
             if isinstance(item, str):
                 yield state.md_escape(item)
             else:
