@@ -297,7 +297,7 @@ def card_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """What an adapter card keeps: mode -> metrics (the registry's contract), plus "run" settings and the
     bootstrap "differences"; no per-question rows."""
     keep = ("created", "data", "data_sha256", "n_items", "adapter", "index", "k", "max_new_tokens", "base_model",
-            "judge")
+            "judge", "decisions", "calibrate")
     return {**summary["metrics"], "run": {key: summary.get(key) for key in keep},
             "differences": summary.get("differences", [])}
 

@@ -22,10 +22,28 @@ def merged_evals(infos: list[Any]) -> dict:
     return out
 
 
+COMPARABLE_RUN = ("data_sha256", "n_items", "max_new_tokens", "decisions", "calibrate")  # what must match
+
+
+def incomparable(evals: dict, parent: int, child: int) -> str | None:
+    """Why two versions' stored evaluations cannot be subtracted (another question set, count, token budget,
+    decision method or calibration), e.g. "max_new_tokens 48 vs 1"; None when they can."""
+    a = (evals.get(f"v{parent}") or {}).get("run") or {}
+    b = (evals.get(f"v{child}") or {}).get("run") or {}
+    for key in COMPARABLE_RUN:
+        if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]:
+            shown = "another question set" if key == "data_sha256" else f"{key} {a[key]} vs {b[key]}"
+            return shown
+    return None
+
+
 def eval_deltas(evals: dict, parent: int, child: int, modes=EDGE_MODES, metrics=EDGE_METRICS) -> dict[str, float]:
-    """{"lora+rag macro_f1": +0.063, ...}: child minus parent, per mode, the first metric both versions have."""
+    """{"lora+rag macro_f1": +0.063, ...}: child minus parent, per mode, the first metric both versions have;
+    none when the two evaluations were run differently (`incomparable`)."""
     a, b = evals.get(f"v{parent}") or {}, evals.get(f"v{child}") or {}
     out = {}
+    if incomparable(evals, parent, child):
+        return out
     for mode in modes:
         pa, pb = a.get(mode), b.get(mode)
         if not isinstance(pa, dict) or not isinstance(pb, dict):
@@ -69,8 +87,10 @@ def lineage(infos: list[Any]) -> dict:
         if isinstance(parent.get("version"), int):
             pname = parent.get("name") or name
             deltas = eval_deltas(evals, parent["version"], info.version) if pname == name else {}
+            unlike = incomparable(evals, parent["version"], info.version) if pname == name else None
             edges.append({"parent": (pname, parent["version"]), "child": info.version,
-                          "rollback": bool(parent.get("rollback") or rolled), "deltas": deltas})
+                          "rollback": bool(parent.get("rollback") or rolled), "deltas": deltas,
+                          "incomparable": unlike})
     return {"name": name, "current": current, "nodes": nodes, "edges": edges}
 
 
@@ -80,6 +100,8 @@ def _quote(text: str) -> str:
 
 def edge_label(edge: dict) -> str:
     parts = ["rollback"] if edge["rollback"] else []
+    if edge.get("incomparable"):
+        parts.append(f"evals not comparable ({edge['incomparable']})")
     for key, delta in edge["deltas"].items():
         mode, metric = key.rsplit(" ", 1)
         parts.append(f"{mode} {_SHORT.get(metric, metric)} {delta:+.3f}")

@@ -108,7 +108,8 @@ else:
             st.graphviz_chart(to_dot(chosen, graph), width="stretch")
             st.caption("Each box is a version (the current one filled); an edge goes from the version a new one "
                        "replaced or came from, labelled with the eval change (F1 = macro-F1 of the yes/no/maybe "
-                       "decision); dashed: a rollback.")
+                       "decision), or 'not comparable' when the two evaluations were run differently (another "
+                       "question set, token budget or decision method); dashed: a rollback.")
     with bias_tab:
         from app.bias import summary_rows
 
