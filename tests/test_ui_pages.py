@@ -164,6 +164,7 @@ def test_compare_runs_all_four_modes_in_one_batch(ui_env):
     assert {a.timings["batch_size"] for a in answers.values()} == {4}  # one batched pass
     assert len(answers["rag"].passages) == 3 and answers["base"].passages == []
     assert [b.label for b in at.get("download_button")] == ["Save comparison (JSON)"]
+    assert not any("tokens/s" in c.value for c in at.caption)  # one batch's rate is no mode's own speed
     from app import feedback
 
     at.button(key="fb_down_cmp1-rag").click()

@@ -229,7 +229,8 @@ def decision_view(answer: Any, compact: bool = False) -> None:
     for option, p in d.probs.items():
         st.progress(min(1.0, max(0.0, float(p))), text=f"{option} {p * 100:.0f}%")
     if not compact:
-        st.caption(f"calibration: {d.calibration}" if d.calibration else "calibration: none (raw scores)")
+        st.caption(f"calibration: {d.calibration}" if d.calibration else
+                   "calibration: none, raw scores (switched off, or no offsets stored for this mode and adapter)")
 
 
 def settings_line(answer: Any) -> str:

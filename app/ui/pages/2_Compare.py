@@ -77,14 +77,16 @@ if comparison:
                 continue
             state.decision_view(a, compact=True)
             st.markdown(state.md_escape(a.text) if a.text else "_(empty answer)_")
-            st.caption(f"{len(a.text.split())} words · {state.timings_line(a.timings)}"
+            timings = {key: v for key, v in a.timings.items() if key != "tokens_per_s"}  # one batch for all four
+            st.caption(f"{len(a.text.split())} words · {state.timings_line(timings)}"
                        + (f" · {state.settings_line(a)}" if state.settings_line(a) else ""))
             if a.passages:
                 state.passage_view(a.passages, {c.number for c in a.citations if c.valid})
             state.feedback_controls(a, f"cmp{comparison['n']}-{mode}", compact=True)
-    payload = {
-        "question": comparison["question"], "adapter": comparison["adapter"], "index": comparison["index"],
-        "k": comparison["k"], "wall_s": comparison["wall_s"],
+    used = {m: {"index": a.settings.get("index"), "k": a.settings.get("k")} for m, a in answers.items() if a.passages}
+    payload = {  # the index and k each retrieval mode really used, not the picker's "the adapter's" / 0
+        "question": comparison["question"], "adapter": comparison["adapter"], "retrieval": used,
+        "wall_s": comparison["wall_s"],
         "answers": {m: a.to_dict() for m, a in answers.items()},
     }
     st.download_button("Save comparison (JSON)", json.dumps(payload, indent=2, default=str),
