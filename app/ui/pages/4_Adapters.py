@@ -85,7 +85,12 @@ else:
         readme = info.path / "README.md"
         text = readme.read_text(encoding="utf-8") if readme.exists() else "_(no README.md)_"
         images = [info.path / m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)]
+        tried = re.search(r"\n## Training settings tried.*?(?=\n## |\Z)", text, re.S)  # long: folded away
+        text = text.replace(tried.group(0), "") if tried else text
         st.markdown(re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text))  # card images are shown below, from the folder
+        if tried:
+            with st.expander(f"Training settings tried ({tried.group(0).count(chr(10) + '| ') - 1})"):
+                st.markdown(tried.group(0).split("\n", 2)[2])
         for img in images:
             inside = img.resolve().is_relative_to(info.path.resolve())
             if inside and img.suffix.lower() in (".png", ".jpg", ".jpeg") and img.is_file():

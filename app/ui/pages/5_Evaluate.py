@@ -111,6 +111,9 @@ if submitted:
                 raise ValueError(str(exc).replace(str(path), upload.name)) from None
         else:
             path = bundled[source]
+            if upload is not None:
+                st.warning(f"'{upload.name}' is not evaluated: the bundled set is. Choose 'Upload JSONL' above to "
+                           "evaluate your file.")
         shots_path = None
         if few_shot:
             if shots_upload is None:
