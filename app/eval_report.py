@@ -62,7 +62,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     title = (f"Evaluation: {summary.get('n_items')} questions from {summary.get('data') or '(in memory)'}, "
              f"adapter {summary.get('adapter') or '–'}, index {_per_mode(summary, 'index')}, k={_per_mode(summary, 'k')}, "
              f"base model {summary.get('base_model') or '–'}")
-    head_lines = [title, ""]
+    head_lines = [title, ""] + [f"**Warning.** {w}\n" for w in summary.get("warnings") or []]
     if (summary.get("verdict") or {}).get("text"):
         head_lines += ["**Verdict.** " + summary["verdict"]["text"], ""]
     out = [*head_lines, *lines]

@@ -226,7 +226,37 @@ def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapt
         "base_model": getattr(info, "name", None),
         "judge": getattr(judge, "name", None),
         "wall_s": round(wall_s, 2),
+        "warnings": gold_warnings(rows),
     }
+
+
+def gold_warnings(rows: list[dict]) -> list[str]:
+    """A rag mode whose index holds none of the set's gold documents measures the wrong index, not retrieval:
+    say so (e.g. MedQuAD questions run against the PubMedQA index while `medquad` is not built)."""
+    from ingest.folders import index_path
+    from ingest.index import Index
+
+    out = []
+    for name in sorted({r["index"] for r in rows if r.get("index") and r["mode"].endswith("rag")}):
+        gold = {r["context_doc_id"] for r in rows if r.get("index") == name and r.get("context_doc_id")}
+        if not gold:
+            continue
+        try:
+            if not (index_path(name) / "manifest.json").is_file():
+                continue
+            ix = Index.open(name)
+        except (ValueError, OSError):
+            continue
+        try:
+            found = gold & {d["doc_id"] for d in ix.documents()}
+        finally:
+            ix.close()
+        if not found:
+            modes = sorted({r["mode"] for r in rows if r.get("index") == name})
+            out.append(f"index '{name}' ({', '.join(modes)}) holds none of this set's {len(gold)} gold documents: "
+                       f"its retrieval recall and answers measure the wrong index. Evaluate with the index built "
+                       f"from this set's documents (--index NAME; the Evaluate page's index menu)")
+    return out
 
 
 def _retrieval_settings(rows: list[dict], modes: Sequence[str], k: int | None = None) -> dict[str, Any]:

@@ -268,6 +268,7 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
         assert (r["adapter"] or "").startswith("med@v") == r["mode"].startswith("lora")
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["metrics"]) == wanted and summary["n_items"] == 3
+    assert summary["warnings"] == []  # the sample index holds the sample questions' abstracts
     assert summary["resumed"]["modes"] == ["base", "rag"] and summary["adapter"].startswith("med@v")
     assert summary["index_by_mode"]["rag"] == index and summary["k_by_mode"]["rag"] == 2  # the kept mode's own
     for m in summary["metrics"].values():
@@ -456,3 +457,18 @@ def test_verdict_draws_no_conclusion_from_a_handful_of_questions():
     assert v["best"] == "base" and v["recommended"] is None and not v["comparisons"][0]["significant"]
     assert "With only 5 questions no difference can be called significant" in v["text"]
     assert "enough" not in v["text"]
+
+
+def test_a_rag_mode_over_an_index_without_the_sets_gold_documents_is_flagged(sample_index):
+    from app.evaluate import gold_warnings
+
+    rows = [{"mode": "rag", "index": str(sample_index), "context_doc_id": f"medquad-{i}"} for i in range(3)]
+    (warning,) = gold_warnings(rows)
+    assert f"index '{sample_index}' (rag) holds none of this set's 3 gold documents" in warning and "--index" in warning
+    from ingest.index import Index
+
+    ix = Index.open(str(sample_index))
+    present = ix.documents()[0]["doc_id"]
+    ix.close()
+    assert gold_warnings(rows + [{**rows[0], "context_doc_id": present}]) == []  # some found: retrieval's own misses
+    assert gold_warnings([{**r, "mode": "lora"} for r in rows]) == []  # no retrieval, nothing to say

@@ -141,6 +141,8 @@ if result is not None:
     from app.evaluate import plot_summary
 
     summary = result.summary
+    for warning in summary.get("warnings") or []:
+        st.warning(warning)
     if (summary.get("verdict") or {}).get("text"):
         st.subheader("Verdict")
         st.info(summary["verdict"]["text"])
