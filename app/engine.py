@@ -493,4 +493,5 @@ def _chunking_note(p: _Prepared, index) -> str | None:
     return (f"adapter {p.adapter.ref.label} was trained on passages chunked {trained.get('size')}/"
             f"{trained.get('overlap')} {trained.get('unit')}s, index '{index.name}' is chunked {now['size']}/"
             f"{now['overlap']} {now['unit']}s: its answers may be worse; retrain the adapter on this index, or "
-            f"rebuild the index with --chunk-size {trained.get('size')} --chunk-overlap {trained.get('overlap')}")
+            f"rebuild the index with --chunk-size {trained.get('size')} --chunk-overlap {trained.get('overlap')} "
+            f"(in the UI: a new index with that chunk size and overlap on the Documents page)")

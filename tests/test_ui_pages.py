@@ -215,9 +215,16 @@ def test_documents_create_index_and_reject_bad_name(ui_env):
     at.run()
     assert at.error and "invalid index name" in at.error[0].value
     at.text_input(key="new_index_name").input("notes")
+    at.number_input(key="new_index_size").set_value(3000)
+    at.number_input(key="new_index_overlap").set_value(0)
     at.button[0].click()
     at.run()
     assert "notes" in list_indexes() and not at.exception
+    from ingest.index import Index
+
+    ix = Index.open("notes")
+    assert (ix.chunk_config.size, ix.chunk_config.overlap) == (3000, 0)  # the chunking asked for, kept for ingests
+    ix.close()
 
 
 def test_adapters_table_card_default_and_training_in_the_background(ui_env):

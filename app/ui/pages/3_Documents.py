@@ -48,6 +48,14 @@ def doc_row(d: dict, sizes: dict[str, int]) -> dict:
 with st.expander("Create a new index"):
     with st.form("create_index"):
         new_name = st.text_input("Index name", key="new_index_name", placeholder="e.g. my-papers")
+        from ingest.config import ChunkConfig
+
+        n1, n2 = st.columns(2)
+        chunk_size = n1.number_input("Chunk size (characters)", 50, 20000, ChunkConfig.size, key="new_index_size",
+                                     help="An adapter reads best from chunks like those it was trained on: its "
+                                          "card's answer settings name them (the shipped medical adapter: 3000 / 0, "
+                                          "one chunk per abstract).")
+        chunk_overlap = n2.number_input("Overlap (characters)", 0, 5000, ChunkConfig.overlap, key="new_index_overlap")
         if st.form_submit_button("Create index"):
             with state.friendly_errors("Creating the index"):
                 if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", new_name or ""):
@@ -57,7 +65,11 @@ with st.expander("Create a new index"):
                 from ingest.config import indexes_dir
                 from ingest.index import Index
 
-                Index.create(indexes_dir() / new_name).close()
+                from ingest.chunk import validate
+
+                chunker = ChunkConfig(size=int(chunk_size), overlap=int(chunk_overlap))
+                validate(chunker)
+                Index.create(indexes_dir() / new_name, chunk=chunker).close()
                 st.session_state["doc_index"] = new_name
                 st.success(f"Created index '{new_name}'.")
 
