@@ -238,21 +238,27 @@ def gold_warnings(rows: list[dict]) -> list[str]:
 
     out = []
     for name in sorted({r["index"] for r in rows if r.get("index") and r["mode"].endswith("rag")}):
+        modes = sorted({r["mode"] for r in rows if r.get("index") == name})
         gold = {r["context_doc_id"] for r in rows if r.get("index") == name and r.get("context_doc_id")}
+        try:
+            built = (index_path(name) / "manifest.json").is_file()
+        except ValueError:
+            continue
+        if not built:
+            out.append(f"index '{name}' is not built, so {', '.join(modes)} answered without passages; build it "
+                       f"(`loracle ingest FILES --index {name}`) and evaluate again")
+            continue
         if not gold:
             continue
-        try:
-            if not (index_path(name) / "manifest.json").is_file():
-                continue
+        try:  # a warning must never sink a finished evaluation
             ix = Index.open(name)
-        except (ValueError, OSError):
+            try:
+                found = gold & {d["doc_id"] for d in ix.documents()}
+            finally:
+                ix.close()
+        except Exception:
             continue
-        try:
-            found = gold & {d["doc_id"] for d in ix.documents()}
-        finally:
-            ix.close()
         if not found:
-            modes = sorted({r["mode"] for r in rows if r.get("index") == name})
             out.append(f"index '{name}' ({', '.join(modes)}) holds none of this set's {len(gold)} gold documents: "
                        f"its retrieval recall and answers measure the wrong index. Evaluate with the index built "
                        f"from this set's documents (--index NAME; the Evaluate page's index menu)")
@@ -333,20 +339,25 @@ def card_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_card_record(label: str, n_items: int, data_sha256: str | None, modes, root=None,
-                      replace: bool = False) -> None:
+                      replace: bool = False, current_only: bool = False) -> None:
     """Refuse a card record that would replace stored evidence covering more: more questions, a mode this
-    run lacks, or another question set (a 2-question check must not overwrite a 50-question evaluation)."""
+    run lacks, or another question set (a 2-question check must not overwrite a 50-question evaluation);
+    with `current_only`, also one for a version that is not the registry's current one."""
     from app import registry
 
-    if replace:
-        return
     try:
-        card = registry.get(label.split("@", 1)[0], root).card
+        info = registry.get(label.split("@", 1)[0], root)
     except FileNotFoundError:  # not a registry adapter: save_to_card says so
         return
-    stored = card.evals.get("v" + label.rpartition("@v")[2]) or {}
-    run = stored.get("run") or {}
-    old_modes = [m for m in stored if m not in ("run", "differences")]
+    if current_only and info.label != label:
+        raise ValueError(f"--save-to-card stores results only for the current version, {info.label}, not {label}; "
+                         f"evaluate {info.label} or drop --save-to-card")
+    if replace:
+        return
+    stored = info.card.evals.get("v" + label.rpartition("@v")[2])
+    stored = stored if isinstance(stored, dict) else {}
+    run = stored.get("run") if isinstance(stored.get("run"), dict) else {}
+    old_modes = [m for m, v in stored.items() if m not in ("run", "differences") and isinstance(v, dict)]
     lost = []
     if run.get("data_sha256") and data_sha256 and run["data_sha256"] != data_sha256:
         lost.append(f"it was run on another question set ({Path(str(run.get('data'))).name})")
@@ -458,7 +469,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
             _check_resumable(prev.summary, kept, engine, adapter, cfg.index, cfg.passage_chars, out_dir)
         if cfg.save_to_card and adapter is not None and "@v" in adapter.label:  # refused now, not after the run
             check_card_record(adapter.label, len(items), sha256_file(Path(cfg.data)), modes, engine.root,
-                              cfg.replace_card_eval)
+                              cfg.replace_card_eval, current_only=True)
         if adapter and cfg.index is None and "lora+rag" in todo:
             engine.build_card_index(adapter)
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
@@ -477,7 +488,7 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
         rows.sort(key=lambda r: order[(r["id"], r["mode"])])
         settings = {key: v for key, v in result.summary.items() if key not in ("metrics", "differences")}
         settings["adapter"] = settings.get("adapter") or prev.summary.get("adapter")
-        settings.update(_retrieval_settings(rows, modes, cfg.k))
+        settings.update(_retrieval_settings(rows, modes, cfg.k), warnings=gold_warnings(rows))
         settings.update(modes=modes, resumed={"modes": kept, "created": prev.summary.get("created"),
                                               "wall_s": prev.summary.get("wall_s")})
         result = EvalResult(rows, summarize(rows, settings))

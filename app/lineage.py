@@ -22,7 +22,7 @@ def merged_evals(infos: list[Any]) -> dict:
     return out
 
 
-COMPARABLE_RUN = ("data_sha256", "n_items", "max_new_tokens", "decisions", "calibrate")  # what must match
+COMPARABLE_RUN = ("data_sha256", "n_items", "decisions", "calibrate", "max_new_tokens")  # what must match
 
 
 def incomparable(evals: dict, parent: int, child: int) -> str | None:
@@ -30,7 +30,10 @@ def incomparable(evals: dict, parent: int, child: int) -> str | None:
     decision method or calibration), e.g. "max_new_tokens 48 vs 1"; None when they can."""
     a = (evals.get(f"v{parent}") or {}).get("run") or {}
     b = (evals.get(f"v{child}") or {}).get("run") or {}
+    parsed = {a.get("decisions"), b.get("decisions")} & {"free", "both"}
     for key in COMPARABLE_RUN:
+        if key == "max_new_tokens" and not parsed:  # scored decisions come from the prefill, whatever the budget
+            continue
         if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]:
             shown = "another question set" if key == "data_sha256" else f"{key} {a[key]} vs {b[key]}"
             return shown

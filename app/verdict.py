@@ -86,13 +86,14 @@ def verdict(rows: list[dict], summary: dict, n_resamples: int | None = None) -> 
             continue
         d = paired_difference([per_mode[best][i] for i in ids], [per_mode[other][i] for i in ids], metric, n,
                               summary.get("seed", 0))
-        comparisons.append({"mode": other, **{k: round(v, 4) for k, v in d.items()},
+        comparisons.append({"mode": other, **{k: round(v, 4) for k, v in d.items()}, "n": len(ids),
                             "significant": d["ci_low"] > 0 and len(ids) >= MIN_QUESTIONS})
     if len(per_mode[best]) < MIN_QUESTIONS:  # a bootstrap over a handful of questions has degenerate intervals
         return {"metric": metric, "best": best, "values": {m: round(v, 4) for m, v in values.items()},
                 "comparisons": comparisons, "recommended": None,
                 "text": _text(metric, best, values, comparisons, None, summary, len(per_mode[best]))}
-    cheaper = [c for c in comparisons if not c["significant"] and _cheaper(summary, c["mode"], best)]
+    cheaper = [c for c in comparisons if not c["significant"] and c["n"] >= MIN_QUESTIONS
+               and _cheaper(summary, c["mode"], best)]
     # of the clearly cheaper modes not significantly worse, the best scoring; then the fewest prompt tokens
     recommended = min(cheaper, key=lambda c: (-round(values[c["mode"]], 6), _cost(summary, c["mode"])[::-1]))["mode"] \
         if cheaper else best

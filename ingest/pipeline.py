@@ -202,7 +202,8 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
                 continue
             tracker.grow(len(docs) - 1)
             for doc in docs:
-                doc.source = sources.get(str(path), doc.source)
+                if doc.source == str(path):  # a corpus record keeps its own url
+                    doc.source = sources.get(str(path), doc.source)
                 if doc.doc_id in seen:
                     report.rejected.append((str(path), f"doc id '{doc.doc_id}' already comes from {seen[doc.doc_id]}"))
                     tracker.step(doc.doc_id)

@@ -209,19 +209,29 @@ def test_card_update_under_the_evaluated_version(registry_root, tiny_model_dir):
     assert kept["v1"]["lora"]["accuracy"] == round(2 / 3, 4) and "v2" not in kept
 
 
-def test_a_smaller_evaluation_does_not_silently_replace_the_stored_one(registry_root):
+def test_a_smaller_evaluation_does_not_silently_replace_the_stored_one(tiny_model_dir, tmp_path):
     from app import registry
+    from tests.tiny_adapter import card_for, make_adapter
 
+    registry_root = tmp_path / "registry"
+    registry.install(make_adapter(tiny_model_dir, tmp_path / "staging"), "med", card_for(tiny_model_dir),
+                     root=registry_root)
     current = registry.get("med", registry_root)
     full = summarize(rows_for("lora", ["Yes.", "No.", "No."]) + rows_for("lora+rag", ["Yes.", "Yes.", "No."]),
-                     {"modes": ["lora", "lora+rag"], "adapter": current.label, "n_items": 3})
+                     {"modes": ["lora", "lora+rag"], "adapter": current.label, "n_items": 3, "data_sha256": "1" * 64})
     save_to_card(full, root=registry_root)
-    small = summarize(rows_for("lora", ["No."]), {"modes": ["lora"], "adapter": current.label, "n_items": 1})
+    small = summarize(rows_for("lora", ["No."]), {"modes": ["lora"], "adapter": current.label, "n_items": 1,
+                                                   "data_sha256": "1" * 64})
     with pytest.raises(ValueError, match=r"it has 3 questions, this run 1; it has modes this run lacks \(lora\+rag\)"
                                          r".*--replace-card-eval"):
         save_to_card(small, root=registry_root)
     stored = json.loads((registry_root / "med" / "card.json").read_text())["evals"][f"v{current.version}"]
     assert stored["run"]["n_items"] == 3 and "lora+rag" in stored  # nothing stored was lost
+    other_set = summarize(rows_for("lora", ["No."] * 3) + rows_for("lora+rag", ["No."] * 3),
+                          {"modes": ["lora", "lora+rag"], "adapter": current.label, "n_items": 3,
+                           "data_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="another question set"):
+        save_to_card(other_set, root=registry_root)
     save_to_card(small, root=registry_root, replace=True)  # on purpose
     stored = json.loads((registry_root / "med" / "card.json").read_text())["evals"][f"v{current.version}"]
     assert stored["run"]["n_items"] == 1 and "lora+rag" not in stored
@@ -292,6 +302,12 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
     other = [a if a != "med" else "other" for a in argv]
     assert main(other + ["--modes", modes + ",top1", "--resume"]) == 2
     assert "adapter 'med@v" in capsys.readouterr().err and (out / "results.jsonl").read_bytes() == before
+    # storing an older version's figures is refused before evaluating, not after the whole run
+    registry.install(make_adapter(tiny_model_dir, tmp_path / "staging-next", seed=4), "med",
+                     card_for(tiny_model_dir), root=registry_root)
+    old = [a if a != "med" else "med@v1" for a in argv[:-4]] + ["--out", str(tmp_path / "old"), "--modes", "lora"]
+    assert main(old + ["--save-to-card"]) == 2
+    assert "only for the current version" in capsys.readouterr().err and not (tmp_path / "old").exists()
 
 
 def test_compare_two_adapter_versions_on_the_tiny_engine(registry_root, tiny_model_dir, sample_index, tmp_path,
@@ -472,3 +488,13 @@ def test_a_rag_mode_over_an_index_without_the_sets_gold_documents_is_flagged(sam
     ix.close()
     assert gold_warnings(rows + [{**rows[0], "context_doc_id": present}]) == []  # some found: retrieval's own misses
     assert gold_warnings([{**r, "mode": "lora"} for r in rows]) == []  # no retrieval, nothing to say
+    (unbuilt,) = gold_warnings([{**r, "index": "not-built-here"} for r in rows])
+    assert "index 'not-built-here' is not built, so rag answered without passages" in unbuilt
+
+
+def test_verdict_recommends_no_cheaper_mode_from_a_handful_of_shared_questions():
+    golds = ["yes", "no", "maybe", "yes", "no", "yes"] * 4
+    rows = _verdict_rows("lora+rag", golds[:22] + ["yes"] * 2, 2.0, 700) + \
+        _verdict_rows("lora", ["yes", "no", "yes", "no", "no"], 0.5, 80)  # lora answered only 5 of the 24
+    v = summarize(rows, {"modes": ["lora", "lora+rag"], "k": 3})["verdict"]
+    assert v["best"] == "lora+rag" and v["comparisons"][0]["n"] == 5 and v["recommended"] == "lora+rag"

@@ -407,3 +407,24 @@ def test_removing_from_a_missing_index_is_refused_and_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="no index .* to remove documents from"):
         remove(["doc-1"], index=tmp_path / "typo")
     assert not (tmp_path / "typo").exists()
+
+
+def test_uploads_record_their_own_name_and_corpus_records_keep_their_url(tmp_path, monkeypatch):
+    from ingest.pipeline import ingest_paths
+
+    monkeypatch.setenv("LORACLE_INDEXES", str(tmp_path / "indexes"))
+    staged = tmp_path / "loracle-upload-x"
+    staged.mkdir()
+    note = staged / "zinc.txt"
+    note.write_text("Zinc lozenges shorten the common cold by about two days in adults.\n")
+    corpus = staged / "papers.jsonl"
+    corpus.write_text(json.dumps({"doc_id": "a1", "text": "Statins lower LDL cholesterol in most adults.",
+                                  "url": "https://pubmed.example/1"}) + "\n"
+                      + json.dumps({"doc_id": "a2", "text": "Aspirin reduces the risk of a second heart attack."})
+                      + "\n")
+    ingest_paths([note, corpus], index="up", sources={str(note): "upload: zinc.txt",
+                                                      str(corpus): "upload: papers.jsonl"})
+    ix = Index.open("up")
+    sources = {d["doc_id"]: d["source"] for d in ix.documents()}
+    ix.close()
+    assert sources == {"zinc": "upload: zinc.txt", "a1": "https://pubmed.example/1", "a2": "upload: papers.jsonl"}

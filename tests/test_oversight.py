@@ -95,11 +95,15 @@ def test_lineage_graph_has_versions_and_eval_deltas(three_versions):
     assert '"med@v1" -> "med@v4" [label="rollback\\nlora F1 +0.000", style="dashed"]' in dot
     assert "v4 (current)" in dot
     # evaluations run differently (here: another token budget) are not subtracted; the edge says why
-    evals = {"v1": {"run": {"max_new_tokens": 48}, "lora": {"macro_f1": 0.3}},
-             "v2": {"run": {"max_new_tokens": 1}, "lora": {"macro_f1": 0.5}}}
+    evals = {"v1": {"run": {"max_new_tokens": 48, "decisions": "free"}, "lora": {"macro_f1": 0.3}},
+             "v2": {"run": {"max_new_tokens": 1, "decisions": "free"}, "lora": {"macro_f1": 0.5}}}
     assert lineage.eval_deltas(evals, 1, 2) == {} and lineage.incomparable(evals, 1, 2) == "max_new_tokens 48 vs 1"
     evals["v2"]["run"]["max_new_tokens"] = 48
     assert lineage.eval_deltas(evals, 1, 2) == {"lora macro_f1": 0.2} and lineage.incomparable(evals, 1, 2) is None
+    scored = {v: {**e, "run": {"max_new_tokens": n}} for (v, e), n in zip(evals.items(), (48, 1))}
+    assert lineage.incomparable(scored, 1, 2) is None  # scored decisions come from the prefill: budget irrelevant
+    scored["v2"]["run"]["data_sha256"], scored["v1"]["run"]["data_sha256"] = "aa", "bb"
+    assert lineage.incomparable(scored, 1, 2) == "another question set"
     assert lineage.edge_label({"rollback": False, "deltas": {}, "incomparable": "another question set"}) == \
         "evals not comparable (another question set)"
 

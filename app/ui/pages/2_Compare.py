@@ -83,9 +83,11 @@ if comparison:
             if a.passages:
                 state.passage_view(a.passages, {c.number for c in a.citations if c.valid})
             state.feedback_controls(a, f"cmp{comparison['n']}-{mode}", compact=True)
-    used = {m: {"index": a.settings.get("index"), "k": a.settings.get("k")} for m, a in answers.items() if a.passages}
-    payload = {  # the index and k each retrieval mode really used, not the picker's "the adapter's" / 0
-        "question": comparison["question"], "adapter": comparison["adapter"], "retrieval": used,
+    used = {m: {"index": a.settings.get("index"), "k": a.settings.get("k")} for m, a in answers.items()
+            if m.endswith("rag")}
+    payload = {  # index / k: as asked (None: each adapter's own); retrieval: what each rag mode really used
+        "question": comparison["question"], "adapter": comparison["adapter"],
+        "index": state.index_arg(comparison["index"]), "k": comparison["k"] or None, "retrieval": used,
         "wall_s": comparison["wall_s"],
         "answers": {m: a.to_dict() for m, a in answers.items()},
     }
