@@ -498,3 +498,24 @@ def test_verdict_recommends_no_cheaper_mode_from_a_handful_of_shared_questions()
         _verdict_rows("lora", ["yes", "no", "yes", "no", "no"], 0.5, 80)  # lora answered only 5 of the 24
     v = summarize(rows, {"modes": ["lora", "lora+rag"], "k": 3})["verdict"]
     assert v["best"] == "lora+rag" and v["comparisons"][0]["n"] == 5 and v["recommended"] == "lora+rag"
+
+
+def test_a_resumed_evaluation_keeps_the_kept_modes_wrong_index_warning(registry_root, tiny_model_dir, tmp_path,
+                                                                        monkeypatch, shared_data):
+    from app.cli import main
+    from ingest.pipeline import ingest_paths
+
+    note = tmp_path / "note.txt"
+    note.write_text("Zinc lozenges shorten the common cold by about two days in adults.\n")
+    ingest_paths([note], index=str(tmp_path / "other-index"))  # holds none of the sample set's abstracts
+    monkeypatch.setenv("LORACLE_ADAPTERS", str(registry_root))
+    out = tmp_path / "run"
+    argv = ["eval", "--data", str(shared_data / "sample" / "dev.jsonl"), "--adapter", "med", "--index",
+            str(tmp_path / "other-index"), "-k", "1", "--limit", "2", "--max-new-tokens", "1",
+            "--base-model", str(tiny_model_dir), "--out", str(out), "--n-resamples", "50"]
+    assert main(argv + ["--modes", "rag"]) == 0
+    first = json.loads((out / "summary.json").read_text())["warnings"]
+    assert len(first) == 1 and "holds none of this set's 2 gold documents" in first[0]
+    assert main(argv + ["--modes", "rag,lora", "--resume"]) == 0  # rag kept, lora run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"]["modes"] == ["rag"] and summary["warnings"] == first
