@@ -20,9 +20,13 @@ def recall_of(metrics: dict[str, Any]) -> tuple[int | None, float | None]:
     return (int(key[len("recall@"):]), metrics[key]) if key else (None, None)
 
 
-def recall_label(per_mode: dict[str, dict]) -> str:
-    ks = {recall_of(m)[0] for m in per_mode.values()} - {None}
-    return f"recall@{ks.pop()}" if len(ks) == 1 else "recall@k (each mode's k)"
+def recall_ks(per_mode: dict[str, dict]) -> set[int]:
+    """The k's at which the modes' recall was measured (more than one: the rag modes read different k)."""
+    return {recall_of(m)[0] for m in per_mode.values()} - {None}
+
+
+def recall_label(ks: set[int]) -> str:
+    return f"recall@{next(iter(ks))}" if len(ks) == 1 else "recall@k (each mode's k)"
 
 
 def _with_recall(per_mode: dict[str, dict]) -> dict[str, dict]:
@@ -32,6 +36,7 @@ def _with_recall(per_mode: dict[str, dict]) -> dict[str, dict]:
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A Markdown table of the metrics per mode, then the bootstrap differences."""
     per_mode = _with_recall(summary["metrics"])
+    ks = recall_ks(per_mode)
     columns = [("accuracy", "accuracy", True), ("macro_f1", "macro-F1", False),
                ("recall_yes", "recall yes", True), ("recall_no", "recall no", True),
                ("recall_maybe", "recall maybe", True),
@@ -39,7 +44,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                ("parsed_accuracy", "acc. parsed (free text)", True), ("parsed_macro_f1", "F1 parsed", False),
                ("parsed_no_decision_rate", "no decision (free text)", True),
                ("no_decision_rate", "no decision", True), ("rouge_l", "ROUGE-L", False),
-               ("recall", recall_label(per_mode), True), ("citation_rate", "cites", True),
+               ("recall", recall_label(ks), True), ("citation_rate", "cites", True),
                ("citation_validity", "citation validity", True),
                ("faithfulness", "faithfulness", False), ("prompt_tokens_mean", "prompt tokens", False),
                ("latency_mean_s", "mean latency (s)", False),
@@ -53,7 +58,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cell = _fmt(m.get(key), pct)
             if key == "accuracy" and m.get("accuracy_ci_low") is not None:
                 cell += f" [{m['accuracy_ci_low'] * 100:.0f}, {m['accuracy_ci_high'] * 100:.0f}]"
-            elif key == "recall" and m.get(key) is not None and "each mode" in recall_label(per_mode):
+            elif key == "recall" and m.get(key) is not None and len(ks) > 1:
                 cell += f" (k={recall_of(m)[0]})"
             elif key in ("rouge_l", "faithfulness") and m.get(f"{key}_ci_low") is not None:
                 cell += f" [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
@@ -125,10 +130,10 @@ def plot_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
     bar("accuracy", "accuracy", "accuracy", "Decision accuracy per mode (95% CI)", err=True, ymax=1.0)
     bar("latency", "latency_mean_s", "seconds per answer", "Mean latency per mode")
-    ks = {m: recall_of(per_mode[m])[0] for m in modes}
-    read = "top " + str(next(iter(set(ks.values()) - {None}), "k")) if "each mode" not in recall_label(per_mode) \
-        else "passages read (" + ", ".join(f"{m} k={k}" for m, k in ks.items() if k) + ")"
-    bar("recall", "recall", recall_label(per_mode), f"Gold document in {read}", ymax=1.0)
+    ks = recall_ks(per_mode)
+    read = f"top {next(iter(ks), 'k')}" if len(ks) <= 1 else "passages read (" + ", ".join(
+        f"{m} k={recall_of(per_mode[m])[0]}" for m in modes if recall_of(per_mode[m])[0]) + ")"
+    bar("recall", "recall", recall_label(ks), f"Gold document in {read}", ymax=1.0)
     return figs
 
 
