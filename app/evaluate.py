@@ -226,15 +226,16 @@ def _run_settings(engine, rows, modes, k, judge, data_path, wall_s: float, adapt
         "base_model": getattr(info, "name", None),
         "judge": getattr(judge, "name", None),
         "wall_s": round(wall_s, 2),
-        "warnings": gold_warnings(rows),
+        "warnings": gold_warnings(rows, engine),
     }
 
 
-def gold_warnings(rows: list[dict]) -> list[str]:
+def gold_warnings(rows: list[dict], engine=None) -> list[str]:
     """A rag mode whose index holds none of the set's gold documents measures the wrong index, not retrieval:
-    say so (e.g. MedQuAD questions run against the PubMedQA index while `medquad` is not built)."""
+    say so (e.g. MedQuAD questions run against the PubMedQA index while `medquad` is not built). The index is
+    read through the process's retriever cache, as the engine searched it, so it is already open after the run."""
+    from app.retrieve import get_retriever
     from ingest.folders import index_path
-    from ingest.index import Index
 
     out = []
     for name in sorted({r["index"] for r in rows if r.get("index") and r["mode"].endswith("rag")}):
@@ -251,11 +252,8 @@ def gold_warnings(rows: list[dict]) -> list[str]:
         if not gold:
             continue
         try:  # a warning must never sink a finished evaluation
-            ix = Index.open(name)
-            try:
-                found = gold & {d["doc_id"] for d in ix.documents()}
-            finally:
-                ix.close()
+            hybrid = getattr(getattr(engine, "config", None), "hybrid", False)
+            found = gold & set(get_retriever(name, hybrid=hybrid).index.fingerprints())
         except Exception:
             continue
         if not found:
@@ -338,23 +336,16 @@ def card_summary(summary: dict[str, Any]) -> dict[str, Any]:
             "differences": summary.get("differences", [])}
 
 
-def check_card_record(label: str, n_items: int, data_sha256: str | None, modes, root=None,
-                      replace: bool = False, current_only: bool = False) -> None:
-    """Refuse a card record that would replace stored evidence covering more: more questions, a mode this
-    run lacks, or another question set (a 2-question check must not overwrite a 50-question evaluation);
-    with `current_only`, also one for a version that is not the registry's current one."""
-    from app import registry
-
-    try:
-        info = registry.get(label.split("@", 1)[0], root)
-    except FileNotFoundError:  # not a registry adapter: save_to_card says so
-        return
-    if current_only and info.label != label:
-        raise ValueError(f"--save-to-card stores results only for the current version, {info.label}, not {label}; "
-                         f"evaluate {info.label} or drop --save-to-card")
+def check_card_record(info, label: str, n_items: int, data_sha256: str | None, modes, replace: bool = False) -> None:
+    """Refuse a card record for `label` that would land on a version other than the current one (`info`, the
+    registry's AdapterInfo), or (unless `replace`) replace stored evidence covering more: more questions, a mode
+    this run lacks, or another question set (a 2-question check must not overwrite a 50-question evaluation)."""
+    if info.label != label:
+        raise ValueError(f"evaluated {label} but the registry's current version is {info.label}; results are "
+                         f"stored only for the current version (evaluate {info.label}, or drop --save-to-card)")
     if replace:
         return
-    stored = info.card.evals.get("v" + label.rpartition("@v")[2])
+    stored = info.card.evals.get(f"v{info.version}")
     stored = stored if isinstance(stored, dict) else {}
     run = stored.get("run") if isinstance(stored.get("run"), dict) else {}
     old_modes = [m for m, v in stored.items() if m not in ("run", "differences") and isinstance(v, dict)]
@@ -384,12 +375,8 @@ def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None,
         raise ValueError(f"--save-to-card needs the registry adapter evaluated in lora or lora+rag mode "
                          f"(summary has {summary.get('adapter')!r}, asked for {adapter!r})")
     name = label.split("@", 1)[0]
-    current = registry.get(name, root)
-    if current.label != label:
-        raise ValueError(f"evaluated {label} but the registry's current version is {current.label}; "
-                         f"results are stored only for the current version")
-    check_card_record(label, summary.get("n_items") or 0, summary.get("data_sha256"),
-                      list(summary.get("metrics", {})), root, replace)
+    check_card_record(registry.get(name, root), label, summary.get("n_items") or 0, summary.get("data_sha256"),
+                      list(summary.get("metrics", {})), replace)
     registry.record_eval(name, card_summary(summary), root=root)
     return label
 
@@ -467,9 +454,16 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
         adapter = engine.load_adapter(spec) if spec else None  # NAME, NAME@vN or a folder
         if prev is not None and kept:
             _check_resumable(prev.summary, kept, engine, adapter, cfg.index, cfg.passage_chars, out_dir)
-        if cfg.save_to_card and adapter is not None and "@v" in adapter.label:  # refused now, not after the run
-            check_card_record(adapter.label, len(items), sha256_file(Path(cfg.data)), modes, engine.root,
-                              cfg.replace_card_eval, current_only=True)
+        if cfg.save_to_card and adapter is not None:  # refused now, not after the run
+            from app import registry
+
+            try:
+                info = registry.get(adapter.name, engine.root)
+            except FileNotFoundError:  # a folder outside the registry: save_to_card says so
+                info = None
+            if info is not None:
+                check_card_record(info, adapter.label, len(items), sha256_file(Path(cfg.data)), modes,
+                                  cfg.replace_card_eval)
         if adapter and cfg.index is None and "lora+rag" in todo:
             engine.build_card_index(adapter)
         shots = few_shot_examples(cfg.few_shot_data, cfg.few_shot, items, cfg.seed) if cfg.few_shot else None
@@ -488,7 +482,8 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
         rows.sort(key=lambda r: order[(r["id"], r["mode"])])
         settings = {key: v for key, v in result.summary.items() if key not in ("metrics", "differences")}
         settings["adapter"] = settings.get("adapter") or prev.summary.get("adapter")
-        settings.update(_retrieval_settings(rows, modes, cfg.k), warnings=gold_warnings(rows))
+        settings.update(_retrieval_settings(rows, modes, cfg.k),
+                        warnings=gold_warnings(rows, engine))
         settings.update(modes=modes, resumed={"modes": kept, "created": prev.summary.get("created"),
                                               "wall_s": prev.summary.get("wall_s")})
         result = EvalResult(rows, summarize(rows, settings))
