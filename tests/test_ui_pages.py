@@ -138,6 +138,18 @@ def test_ask_errors_are_messages_not_tracebacks(ui_env):
     assert at.session_state["history"] == []
 
 
+def test_a_refused_question_is_an_error_without_an_empty_answer(ui_env):
+    at = page("pages/1_Ask.py")
+    at.toggle(key="ask_retrieval").set_value(False)
+    at.run()
+    at.text_area(key="question").input("Is aspirin safe? " * 2000)
+    at.button[0].click()
+    at.run()
+    assert at.error and not at.exception
+    assert not at.get("chat_message")  # no answer bubble left empty above the error
+    assert at.session_state["history"] == []
+
+
 def test_model_that_cannot_load_is_reported_in_the_page(ui_env, monkeypatch, tmp_path):
     import streamlit as st
 

@@ -1,6 +1,8 @@
 """Ask: one question, adapter and retrieval as two independent switches; the answer streams in."""
 from __future__ import annotations
 
+import itertools
+
 import streamlit as st
 
 from app.ui import state
@@ -40,11 +42,13 @@ with st.form("ask_form", clear_on_submit=False):
 
 def ask(question: str):
     answer_box: dict = {}
+    items = engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
+                          k=int(k) or None, index=state.index_arg(index), decide=decide, calibrate=calibrate,
+                          max_new_tokens=int(max_tokens) or None, origin="ui")
+    first = next(items)  # a refused question raises here, before an empty answer bubble opens
 
     def deltas():
-        for item in engine.stream(question, adapter=adapter, retrieval=retrieval and index is not None,
-                                  k=int(k) or None, index=state.index_arg(index), decide=decide, calibrate=calibrate,
-                                  max_new_tokens=int(max_tokens) or None, origin="ui"):
+        for item in itertools.chain([first], items):
             if isinstance(item, str):
                 yield state.md_escape(item)
             else:
