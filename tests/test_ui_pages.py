@@ -213,6 +213,9 @@ def test_documents_upload_lands_in_the_index_and_bad_files_are_listed(ui_env):
 
     at.selectbox(key="remove_doc").select("zinc-note")
     at.run()
+    assert at.button(key="remove_btn").disabled  # choosing a document alone removes nothing
+    at.checkbox(key="remove_sure_zinc-note").check()
+    at.run()
     at.button(key="remove_btn").click()
     at.run()
     assert {d["doc_id"] for d in Index.open(INDEX).documents()} == before

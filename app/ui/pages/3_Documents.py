@@ -163,7 +163,9 @@ with state.friendly_errors("Reading the index"):
         doc_ids = [str(d.get("doc_id")) for d in docs]
         victim = c1.selectbox("Remove a document", doc_ids, key="remove_doc", index=None,
                               placeholder="choose a document")
-        if c2.button("Remove", key="remove_btn", disabled=victim is None):
+        sure = c1.checkbox("Yes, remove it and its chunks from this index (the source file is not touched)",
+                           key=f"remove_sure_{victim}", disabled=victim is None)
+        if c2.button("Remove", key="remove_btn", disabled=victim is None or not sure):
             with state.friendly_errors(f"Removing '{victim}'"):
                 if not idx.remove(victim):
                     raise ValueError(f"'{victim}' is no longer in index '{index}'")
