@@ -155,10 +155,12 @@ def render_readme(card: AdapterCard | dict) -> str:
              f"- Created: {card.created or '?'}",
              (f"- Parent: {parent.get('name')}@v{parent.get('version')}"
               + (" (rolled back to it: same files)" if parent.get("rollback") else "")) if parent else "- Parent: none",
-             "", "## Reproduce", "", "```", card.reproduce or "(not recorded)", "```", "",
-             "## Hyperparameters", ""]
-    lines += [f"- {k}: {v}" for k, v in card.hyperparameters.items()] or ["(not recorded)"]
+             "", "## Reproduce", "", "```", card.reproduce or "(not recorded)", "```", ""]
     merged = card.extra.get("merged_from") if isinstance(card.extra, dict) else None
+    if isinstance(merged, list) and merged and (card.reproduce or "").startswith("loracle adapters merge"):
+        lines += ["The sources it names are trained first: their commands are under \"Merged from\".", ""]
+    lines += ["## Hyperparameters", ""]
+    lines += [f"- {k}: {v}" for k, v in card.hyperparameters.items()] or ["(not recorded)"]
     if isinstance(merged, list) and merged:
         lines += ["", "## Merged from", "", "Each source, its weight and the command that trained it:", ""]
         lines += [f"- {m.get('name')}@v{m.get('version')} (weight {m.get('weight')}{_losses(m)}): "

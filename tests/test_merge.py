@@ -54,6 +54,7 @@ def test_merge_is_the_weighted_sum_of_the_sources_deltas(root, tiny_model_dir):
     assert card["reproduce"] == "loracle adapters merge ens s1@v1 s2@v1 --weights 0.25 0.75"
     readme = (info.path / "README.md").read_text()
     assert "## Merged from" in readme and "s2@v1 (weight 0.75; train loss 1.500): `loracle train --seed 2`" in readme
+    assert "sources it names are trained first" in readme  # the merge command alone cannot rebuild them
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
