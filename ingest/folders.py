@@ -36,11 +36,38 @@ def list_indexes() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
 
 
+def _owned(name: str) -> bool:
+    """A file an index writes in its folder: its store, vectors (FAISS or milvus-lite), lock and temp files."""
+    return (name in ("manifest.json", "index.faiss", ".lock") or name.startswith(("chunks.sqlite", "vectors.db"))
+            or (name.startswith(".") and (name.endswith(".tmp") or "vectors.db" in name)))
+
+
+def foreign_files(path: Path) -> list[str]:
+    """Entries of an index folder that the index did not write (a folder path may point anywhere)."""
+    return sorted(p.name for p in path.iterdir() if not _owned(p.name)) if path.is_dir() else []
+
+
+def check_new_index_folder(path: Path) -> None:
+    """Refuse to make an index in a file, or in a folder that already holds other things."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"index path {path} is a file, not an index folder; give a new folder or a plain name")
+    foreign = foreign_files(path)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(f"folder {path} already holds files that are not an index ({shown}); give an empty "
+                              "or new folder, or a plain index name")
+
+
 def remove_index(name_or_path: str | Path) -> Path:
-    """Delete an index folder (once no writer holds it); returns its path."""
+    """Delete an index folder (once no writer holds it); returns its path. A folder that also holds files the
+    index did not write is refused, so a mistyped path never deletes anything but an index."""
     path = index_path(name_or_path)
     if not (path / "manifest.json").is_file():
         raise FileNotFoundError(f"no index at {path} (see `loracle index list`)")
+    foreign = foreign_files(path)
+    if foreign:
+        raise ValueError(f"{path} holds files besides the index ({', '.join(foreign[:5])}), so it is not removed; "
+                         f"move those out first, or delete the index's own files yourself")
     with writer_lock(path):
         shutil.rmtree(path)
     return path

@@ -97,6 +97,7 @@ class Index:
         path = index_path(name_or_path)
         if (path / "manifest.json").exists():
             raise FileExistsError(f"index {path} already exists; open it, or remove it with `loracle index remove`")
+        folders.check_new_index_folder(path)
         check_index_type(index_type)
         if store not in STORES:
             raise ValueError(f"vector store '{store}' is not one of {STORES}; pass --store faiss or --store milvus")

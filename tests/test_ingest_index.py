@@ -428,3 +428,23 @@ def test_uploads_record_their_own_name_and_corpus_records_keep_their_url(tmp_pat
     sources = {d["doc_id"]: d["source"] for d in ix.documents()}
     ix.close()
     assert sources == {"zinc": "upload: zinc.txt", "a1": "https://pubmed.example/1", "a2": "upload: papers.jsonl"}
+
+
+def test_an_index_never_takes_over_or_deletes_a_folder_holding_other_files(docs, tmp_path):
+    mine = tmp_path / "notes"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"already holds files that are not an index \(precious.txt, sub\)"):
+        ingest_paths([docs / MIXED[0]], index=mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["precious.txt", "sub"]  # nothing written into it
+    with pytest.raises(FileExistsError, match="is a file, not an index folder"):
+        Index.create(mine / "precious.txt", dim=4)
+
+    ingest_paths([docs / MIXED[0]], index=tmp_path / "ix")  # a real index, then someone's file lands beside it
+    (tmp_path / "ix" / "draft.md").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files besides the index \(draft.md\)"):
+        remove_index(tmp_path / "ix")
+    assert (tmp_path / "ix" / "draft.md").read_text() == "mine" and Index.open(tmp_path / "ix").documents()
+    (tmp_path / "ix" / "draft.md").unlink()
+    remove_index(tmp_path / "ix")
+    assert not (tmp_path / "ix").exists()
