@@ -79,6 +79,11 @@ class LocalBackend:
 
         return prompts.render(self.tokenizer, messages)
 
+    def prompt_room(self, messages: list[dict]) -> tuple[int, int | None]:
+        """(tokens of the rendered prompt, the model's context length or None when its config does not say)."""
+        n = len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+        return n, getattr(self.base_model.config, "max_position_embeddings", None)
+
     def _gen_config(self, max_new_tokens: int):
         from transformers import GenerationConfig
 

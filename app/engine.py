@@ -307,7 +307,19 @@ class Engine:
             self._decision_plan(p)
             p.messages = prompts.build_messages(p.request.question, p.passages or None, p.settings["template"],
                                                 p.settings["passage_chars"], p.request.examples)
+            self._check_room(p)
         return preps
+
+    def _check_room(self, p: _Prepared) -> None:
+        """Refuse a prompt that, with its answer, would not fit the model's context (it would decode garbage).
+        A remote backend's server checks its own."""
+        room = getattr(self.backend, "prompt_room", None)
+        n, limit = room(p.messages) if room else (0, None)
+        if limit and n + p.max_new_tokens > limit:
+            k = len(p.passages or [])
+            raise ValueError(f"the prompt is {n:,} tokens ({k} passage(s)) and the answer may take {p.max_new_tokens} "
+                             f"more, over the model's context of {limit:,} tokens; use fewer or shorter passages "
+                             "(k, passage_chars), a shorter question or fewer answer tokens")
 
     # --- generation -----------------------------------------------------------------------------
     @staticmethod

@@ -245,3 +245,15 @@ def test_an_answer_cut_at_its_token_limit_says_so(setup):
     assert cut.timings["new_tokens"] == 16
     assert any("stopped at its limit of 16 new tokens" in n and "--max-new-tokens" in n for n in cut.notes)
     assert not engine.answer(QUESTIONS[0], max_new_tokens=4).notes  # decision-sized budgets are not flagged
+
+
+def test_a_prompt_over_the_model_context_is_refused_before_generating(setup):
+    from app.types import Chunk, Passage
+
+    engine = setup[0]
+    long = [Passage(Chunk(f"d{i}#0", f"d{i}", "aspirin trial " * 300, 0, 4200), 1.0, i + 1) for i in range(4)]
+    with pytest.raises(ValueError, match=r"4 passage\(s\).*over the model's context of 2,048 tokens; use fewer"):
+        engine.answer(QUESTIONS[0], passages=long, max_new_tokens=4)
+    with pytest.raises(ValueError, match="over the model's context"):  # the answer's tokens count too
+        engine.answer(QUESTIONS[0], max_new_tokens=2100)
+    assert engine.answer(QUESTIONS[0], passages=long[:1], max_new_tokens=4).passages  # one fits
