@@ -80,6 +80,8 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for the printed estimate")
     p.add_argument("--dry-run", action="store_true", help="fit and print, store nothing")
+    p.add_argument("--replace", action="store_true",
+                   help="store even over offsets fitted on more questions (refused by default)")
     p.add_argument("--base-model", default=None, help="base model spec (default smollm2-135m-instruct)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_run_calibrate)
@@ -92,7 +94,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from app.evaluate import load_questions, parse_modes
     from app.models import sha256_file
 
-    modes = [m for m in parse_modes(args.modes) if m != "fewshot"]
+    asked = parse_modes(args.modes)
+    if "top1" in asked:
+        raise ValueError("--modes top1: the extractive baseline makes no yes/no/maybe decision, so it has no "
+                         "offsets; calibrate base, rag, lora or lora+rag")
+    modes = [m for m in asked if m != "fewshot"]
     items = load_questions(args.data, args.limit)
     engine = Engine(EngineConfig.from_env(base_model=args.base_model, threads=args.threads, adapters=()))
     stored = []
@@ -109,6 +115,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             engine.build_card_index(ref)
         kept, note = calibration.items_for_adapter(items, info.card, sha256_file(Path(args.data)), ref.label)
         groups.append((lora_modes, ref, kept, note))
+    for group_modes, ref, group_items, note in groups:
+        if not args.dry_run:  # before the fit: minutes of scoring, then a refusal, would waste them
+            stored_table = (calibration.load_base(engine.root, engine.info.name) if ref is None
+                            else registry.get(ref.name, engine.root).card.calibration or {})
+            calibration.check_replace(stored_table, group_modes, sum(1 for it in group_items if it.final_decision),
+                                      Path(args.data).name, args.replace)
     for group_modes, ref, group_items, note in groups:
         scores: dict = {}
         table = calibration.fit(engine, group_items, group_modes, ref, data=args.data, scores=scores)

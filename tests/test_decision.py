@@ -149,6 +149,14 @@ def test_cli_calibrate_stores_base_offsets_and_refuses_an_adapters_training_item
     assert set(stored[engine.info.name]["base"]) == set(OPTIONS)
     assert main(args + ["--modes", "lora", "--adapter", "beta"]) == 2  # trained on this file, no held-out ids
     assert "held-out" in capsys.readouterr().err
+    few = tmp_path / "few.jsonl"  # a quick fit on fewer questions must not overwrite the stored one
+    few.write_text("".join(data.read_text().splitlines(keepends=True)[:3]))
+    few_args = ["calibrate", "--data", str(few), "--base-model", str(base), "--folds", "2", "--modes", "base"]
+    assert main(few_args) == 2
+    assert "fitted on" in capsys.readouterr().err and json.loads((root / "base-calibration.json").read_text()) == stored
+    assert main(few_args + ["--replace"]) == 0
+    assert json.loads((root / "base-calibration.json").read_text())[engine.info.name]["fitted_on"]["base"]["n"] <= 3
+    assert main(args + ["--modes", "top1"]) == 2 and "no yes/no/maybe decision" in capsys.readouterr().err
 
 
 def test_card_generation_budget_and_a_missing_card_index(setup):
