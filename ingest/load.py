@@ -29,15 +29,16 @@ class LoadError(ValueError):
 
 
 def iter_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, hidden files skipped) into a sorted list of files."""
+    """Expand folders (recursively, hidden files skipped) into a sorted list of absolute file paths (each
+    once: documents record where they came from, which must not depend on the folder the command ran in)."""
     files: list[Path] = []
-    for p in map(Path, paths):
+    for p in (Path(x).expanduser().absolute() for x in paths):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and not any(
                 part.startswith(".") for part in f.relative_to(p).parts))
         else:
             files.append(p)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def detect_format(path: Path, head: bytes) -> str:

@@ -156,10 +156,12 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
                     report.rejected.append((doc_id, f"no document '{doc_id}' in index '{ix.name}'"))
             if files:
                 known = ix.fingerprints()
+                stored = {d["doc_id"]: d.get("source") for d in ix.documents()}
                 jobs: queue.Queue = queue.Queue(maxsize=256)
                 tracker = _Tracker(len(files), progress)
                 producer = threading.Thread(target=_produce, daemon=True, args=(
-                    files, known, key, config, embedder.path, report, jobs, tracker, sources or {}))
+                    files, known, stored, key, config, embedder.path, report, jobs, tracker,
+                    {str(Path(k).expanduser().absolute()): v for k, v in (sources or {}).items()}))
                 producer.start()
                 _consume(jobs, w, embedder, config.batch_size, key, known, report, tracker)
                 producer.join()
@@ -173,7 +175,12 @@ def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestR
     return ingest_paths([], index=index, remove=doc_ids)
 
 
-def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, config: IngestConfig,
+def _source_name(source: str | None) -> str:
+    return Path(str(source or "").removeprefix("upload: ")).name
+
+
+def _produce(files: list[Path], known: dict[str, tuple[str, str]], stored: dict[str, str], key: str,
+             config: IngestConfig,
              tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker,
              sources: dict[str, str]) -> None:
     """Background thread: load + chunk each file, put (doc, chunks) on the queue; None ends it."""
@@ -209,6 +216,13 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], key: str, con
                     tracker.step(doc.doc_id)
                     continue
                 seen[doc.doc_id] = str(path)
+                was = stored.get(doc.doc_id)
+                if was and format_of(path) != "jsonl" and _source_name(was) != _source_name(doc.source):
+                    report.rejected.append((str(path), f"doc id '{doc.doc_id}' is already in the index from {was}, "
+                                            f"another file; rename this one, or remove that document first "
+                                            f"(`loracle ingest --remove {doc.doc_id} --index NAME`)"))
+                    tracker.step(doc.doc_id)
+                    continue
                 if known.get(doc.doc_id) == (doc.metadata.get("sha256"), key):
                     report.skipped.append(doc.doc_id)
                     tracker.step(doc.doc_id)

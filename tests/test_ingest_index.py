@@ -448,3 +448,21 @@ def test_an_index_never_takes_over_or_deletes_a_folder_holding_other_files(docs,
     (tmp_path / "ix" / "draft.md").unlink()
     remove_index(tmp_path / "ix")
     assert not (tmp_path / "ix").exists()
+
+
+def test_another_file_with_a_stored_doc_id_is_refused_and_sources_are_absolute(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "moved").mkdir()
+    (tmp_path / "a" / "gout.txt").write_text("Gout is an inflammatory arthritis caused by urate crystals.")
+    (tmp_path / "b" / "gout.md").write_text("# Gout\n\nA different note about diet and purines.")
+    (tmp_path / "moved" / "gout.txt").write_text("Gout is an inflammatory arthritis; colchicine treats flares.")
+    monkeypatch.chdir(tmp_path / "a")
+    first = ingest_paths(["gout.txt", "gout.txt"], index=tmp_path / "ix")  # relative, and named twice
+    assert first.added == ["gout"] and not first.rejected
+    stored = lambda: {d["doc_id"]: d["source"] for d in Index.open(tmp_path / "ix").documents()}  # noqa: E731
+    assert stored() == {"gout": str(tmp_path / "a" / "gout.txt")}  # absolute: not tied to the folder it ran in
+
+    other = ingest_paths([tmp_path / "b" / "gout.md"], index=tmp_path / "ix")
+    assert not other.added and "already in the index from" in other.rejected[0][1]
+    assert "--remove gout" in other.rejected[0][1] and stored()["gout"].endswith("a/gout.txt")
+    moved = ingest_paths([tmp_path / "moved" / "gout.txt"], index=tmp_path / "ix")  # same file, new folder: update
+    assert moved.added == ["gout"] and stored()["gout"] == str(tmp_path / "moved" / "gout.txt")
