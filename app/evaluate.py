@@ -431,6 +431,11 @@ def run_eval(cfg: EvalConfig, engine=None, progress=None, out: str | os.PathLike
     if cfg.save_to_card and not any(m.startswith("lora") for m in modes):
         raise ValueError("--save-to-card stores results under an adapter; include lora or lora+rag in --modes")
     out_dir = Path(out or cfg.out or Path("runs") / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the results")
+    if not cfg.resume and (out_dir / RESULTS_FILE).is_file():
+        raise ValueError(f"{out_dir} already holds an evaluation's results; give another --out, add --resume to "
+                         "continue that run, or delete the folder")
     kept, prev = [], None
     if cfg.resume and (out_dir / RESULTS_FILE).is_file():
         prev = load_results(out_dir)

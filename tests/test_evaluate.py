@@ -263,6 +263,9 @@ def test_end_to_end_eval_on_the_tiny_engine_writes_everything(registry_root, tin
             "--base-model", str(tiny_model_dir), "--out", str(out), "--n-resamples", "200"]
     assert main(argv + ["--modes", "base,rag"]) == 0
     first = {(r["id"], r["mode"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    before = (out / "results.jsonl").read_bytes()  # a second run into the same folder without --resume: refused
+    assert main(argv + ["--modes", "base"]) == 2 and "already holds an evaluation" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before
     # --resume keeps base and rag and runs only the two adapter modes
     assert main(argv + ["--modes", modes, "--resume", "--save-to-card"]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
