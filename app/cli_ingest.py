@@ -65,11 +65,15 @@ def _ingest_config(args):
 
     if all(v is None for v in (args.chunk_size, args.chunk_overlap, args.chunk_unit, args.embedder)):
         return None
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size {args.chunk_size}: give a chunk size of at least 1 (default 700 characters)")
+    if args.chunk_overlap is not None and args.chunk_overlap < 0:
+        raise ValueError(f"--chunk-overlap {args.chunk_overlap}: give 0 or more (default 150 characters)")
     base = Index.open(args.index) if (index_path(args.index) / "manifest.json").is_file() else None
     chunk = base.chunk_config if base else ChunkConfig()
     config = IngestConfig(
         embedder=args.embedder or (base.embedder if base else DEFAULT_EMBEDDER),
-        chunk=ChunkConfig(size=args.chunk_size or chunk.size,
+        chunk=ChunkConfig(size=chunk.size if args.chunk_size is None else args.chunk_size,
                           overlap=chunk.overlap if args.chunk_overlap is None else args.chunk_overlap,
                           unit=args.chunk_unit or chunk.unit))
     if base:
@@ -172,18 +176,21 @@ def _search_queries(args, retriever) -> int:
     """--queries FILE.jsonl: one JSON line per question (to --out or stdout); recall@k on stderr when gold ids exist."""
     from app.retrieve import rank_documents, recall_at
 
-    items = [json.loads(line) for line in open(args.queries, encoding="utf-8") if line.strip()]
-    if any("question" not in it for it in items):
-        raise ValueError(f"{args.queries}: every line needs a 'question' field (QA JSONL format)")
-    results = retriever.search_many([it["question"] for it in items], k=3 * args.k)
+    from app.questions import load_questions
+
+    items = load_questions(args.queries)  # malformed lines are named with their line number
+    results = retriever.search_many([it.question for it in items], k=3 * args.k)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     rows = []
     try:
         for it, ps in zip(items, results):
             docs = rank_documents(ps)[:args.k]
-            row = {"id": it.get("id"), "question": it["question"], "context_doc_id": it.get("context_doc_id"),
+            best = {}  # each ranked document's best chunk, so chunk_ids line up with doc_ids
+            for p in ps:
+                best.setdefault(p.doc_id, p.chunk.chunk_id)
+            row = {"id": it.id, "question": it.question, "context_doc_id": it.context_doc_id,
                    "doc_ids": [d for d, _ in docs], "scores": [round(s, 5) for _, s in docs],
-                   "chunk_ids": [p.chunk.chunk_id for p in ps[:args.k]]}
+                   "chunk_ids": [best.get(d) for d, _ in docs]}
             rows.append(row)
             out.write(json.dumps(row) + "\n")
     finally:

@@ -33,37 +33,42 @@ def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QA
         raise FileNotFoundError(f"question file '{path}' not found; pass --data PATH to a QA JSONL file")
     items: list[QAItem] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            for key in ("id", "question"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise ValueError(f"{where}: field '{key}' is missing or not a non-empty string "
-                                     f"(each line needs \"id\" and \"question\")")
-            for key in ("context_doc_id", "long_answer", "final_decision"):
-                if rec.get(key) is not None and not isinstance(rec[key], str):
-                    raise ValueError(f"{where}: field '{key}' must be a string, got {type(rec[key]).__name__}")
-            decision = rec.get("final_decision")
-            if decision is not None:
-                decision = decision.strip().lower()
-                if decision not in metrics.DECISIONS:
-                    raise ValueError(f"{where}: final_decision {rec['final_decision']!r} is not one of "
-                                     f"{', '.join(metrics.DECISIONS)}")
-            if rec["id"] in seen:
-                raise ValueError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
-            seen[rec["id"]] = lineno
-            items.append(QAItem(rec["id"], rec["question"], rec.get("context_doc_id") or None, decision,
-                                rec.get("long_answer") or None))
-            if limit is not None and len(items) >= limit:
-                break
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as "
+                         "UTF-8 and try again") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for key in ("id", "question"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise ValueError(f"{where}: field '{key}' is missing or not a non-empty string "
+                                 f"(each line needs \"id\" and \"question\")")
+        for key in ("context_doc_id", "long_answer", "final_decision"):
+            if rec.get(key) is not None and not isinstance(rec[key], str):
+                raise ValueError(f"{where}: field '{key}' must be a string, got {type(rec[key]).__name__}")
+        decision = rec.get("final_decision")
+        if decision is not None:
+            decision = decision.strip().lower()
+            if decision not in metrics.DECISIONS:
+                raise ValueError(f"{where}: final_decision {rec['final_decision']!r} is not one of "
+                                 f"{', '.join(metrics.DECISIONS)}")
+        if rec["id"] in seen:
+            raise ValueError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+        seen[rec["id"]] = lineno
+        items.append(QAItem(rec["id"], rec["question"], rec.get("context_doc_id") or None, decision,
+                            rec.get("long_answer") or None))
+        if limit is not None and len(items) >= limit:
+            break
     if not items:
         raise ValueError(f"{path}: no questions found")
     return items

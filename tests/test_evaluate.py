@@ -146,6 +146,11 @@ def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
         with pytest.raises(ValueError) as exc:
             load_questions(path)
         assert str(path) in str(exc.value) and message in str(exc.value), str(exc.value)
+    path.write_bytes(json.dumps(good).encode() + b'\n{"id": "c", "question": "Is caf\xe9 ok?"}\n')  # latin-1
+    with pytest.raises(ValueError, match=r"line 2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        load_questions(path)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(good).encode() + b"\r\n")  # a byte-order mark, CRLF: fine
+    assert [it.id for it in load_questions(path)] == ["a"]
     with pytest.raises(FileNotFoundError, match="--data"):
         load_questions(tmp_path / "missing.jsonl")
     for limit in (0, -3):

@@ -15,6 +15,8 @@ def test_ingest_index_and_remove_commands(shared_data, tmp_path, monkeypatch, ca
         shutil.copy(shared_data / "sample" / "docs" / name, docs)
     (docs / "notes.xyz").write_text("unsupported")
 
+    assert main(["ingest", str(docs), "--index", "mine", "--chunk-size", "0"]) == 2  # not "the default"
+    assert "--chunk-size 0: give a chunk size of at least 1" in capsys.readouterr().err
     assert main(["ingest", str(docs), "--index", "mine", "--chunk-size", "600", "--chunk-overlap", "60"]) == 0
     out = capsys.readouterr().out
     assert "added 2" in out and "rejected 1" in out and "unsupported" in out and "'.xyz'" in out
@@ -72,8 +74,13 @@ def test_search_command(sample_index, shared_data, tmp_path, capsys):
                  "-k", "5", "--out", str(out_file)]) == 0
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert len(rows) == 10 and all(len(r["doc_ids"]) == len(set(r["doc_ids"])) <= 5 for r in rows)
+    assert all([c.split("#")[0] for c in r["chunk_ids"]] == r["doc_ids"] for r in rows)  # each doc's best chunk
     assert "recall@1=" in capsys.readouterr().err
     assert main(["search", "--queries", str(shared_data / "sample" / "dev.jsonl"), "--index", str(sample_index),
                  "-k", "3", "--out", str(out_file)]) == 0
     assert "recall@1=" in (err := capsys.readouterr().err) and "recall@3=" in err
     assert sum(r["context_doc_id"] in r["doc_ids"] for r in rows) >= 9
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "question": "Is it?"}\nnot json\n')
+    assert main(["search", "--queries", str(bad), "--index", str(sample_index)]) == 2
+    assert "bad.jsonl, line 2: not valid JSON" in capsys.readouterr().err
