@@ -44,6 +44,30 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _checked_settings(settings: dict | None) -> dict | None:
+    """answer_settings as the engine will use them; a wrong value names the field and what it should be."""
+    for key in ("k", "passage_chars", "max_new_tokens"):
+        value = (settings or {}).get(key)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"answer_settings.{key} {value!r}; expected a whole number >= 1, or null")
+    for key in ("index", "template"):
+        value = (settings or {}).get(key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"answer_settings.{key} {value!r}; expected a name (text), or null")
+    return settings
+
+
+def _checked_calibration(table: dict | None) -> dict | None:
+    for mode, offsets in (table or {}).items():
+        if mode == "fitted_on":
+            continue
+        if not isinstance(offsets, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in offsets.values()):
+            raise ValueError(f"calibration.{mode} {offsets!r}; expected numbers per option, e.g. "
+                             '{"yes": 0.0, "no": 0.4, "maybe": 0.0}')
+    return table
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -113,8 +137,8 @@ class AdapterCard:
             training_time_s=float(seconds) if _is_int(seconds) or isinstance(seconds, float) else None,
             reproduce=_text(raw.get("reproduce")), libraries=_dict_or(raw.get("libraries"), {}),
             created=_text(raw.get("created")), parent=_dict_or(raw.get("parent"), None),
-            evals=_dict_or(raw.get("evals"), {}), answer_settings=_dict_or(raw.get("answer_settings"), None),
-            calibration=_dict_or(raw.get("calibration"), None),
+            evals=_dict_or(raw.get("evals"), {}), answer_settings=_checked_settings(_dict_or(raw.get("answer_settings"), None)),
+            calibration=_checked_calibration(_dict_or(raw.get("calibration"), None)),
             extra={k: v for k, v in raw.items() if k not in known})
 
     def to_dict(self) -> dict:

@@ -106,6 +106,15 @@ def test_malformed_files_are_reported_clearly(peft_folder, tiny_model_dir, tmp_p
         registry.install(staged(peft_folder, tmp_path, "5"), "nobase", {}, root)
     with pytest.raises(ValueError, match="invalid adapter name"):
         registry.install(staged(peft_folder, tmp_path, "6"), "../evil", card_for(tiny_model_dir), root)
+    for field, value, message in (("answer_settings", {"k": "abc"}, r"answer_settings.k 'abc'; expected a whole"),
+                                  ("answer_settings", {"k": -1}, "answer_settings.k -1"),
+                                  ("calibration", {"lora": {"yes": "big"}}, r"calibration.lora .*expected numbers")):
+        card = json.loads((root / "good" / "card.json").read_text())
+        (root / "good" / "card.json").write_text(json.dumps({**card, field: value}))
+        with pytest.raises(ValueError, match=message):  # named at read, with the card's path, not deep in a run
+            registry.get("good", root)
+        assert "good" in dict((p.name, r) for p, r in registry.scan(root)[1])  # listed as invalid
+        (root / "good" / "card.json").write_text(json.dumps(card))
 
 
 def test_wrong_base_model_is_refused_naming_both(peft_folder, tiny_model_dir, tmp_path):
