@@ -97,6 +97,8 @@ class EngineConfig:
                     values[f.name] = int(raw) if kind is int else raw
                 except ValueError:
                     raise ValueError(f"${env}={raw!r} is not valid for {f.name}; unset it or give a number") from None
+                if f.name in cls.POSITIVE and values[f.name] < 1:
+                    raise ValueError(f"${env}={raw!r}: {f.name} must be at least 1; unset it or give a larger number")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -177,13 +177,26 @@ def _resolve_path(spec: str) -> ModelInfo:
     return ModelInfo(spec=spec, name=spec, path=Path(spec), sha256="")  # hub id: transformers resolves it
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def load(spec: str | None = None, dtype: str = "float32"):
     """Load (model, tokenizer, ModelInfo) for CPU inference; left padding for batched generation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}; pass --dtype float32 (the default on CPU)")
     info = resolve(spec)
-    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(info.path)
+    except OSError as exc:
+        if Path(info.path).exists():
+            raise
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise ValueError(f"base model '{info.spec}' is neither a built-in name ({', '.join(BUILTIN_MODELS)}) nor a "
+                         f"local model folder, and loading it as a hub id failed ({reason}); pass one of those names "
+                         "or a folder holding config.json") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -55,6 +55,9 @@ class SafetyLimits:
             except ValueError:
                 raise UnsafeInput(f"LORACLE_{f.name.upper()}='{raw}' is not a number; set it to e.g. "
                                   f"{getattr(limits, f.name)}") from None
+            if value <= 0:  # every limit is a size, a count or a ratio
+                raise UnsafeInput(f"LORACLE_{f.name.upper()}='{raw}' must be above 0; set it to e.g. "
+                                  f"{getattr(limits, f.name)}")
             setattr(limits, f.name, value)
         return limits
 

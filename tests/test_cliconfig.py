@@ -46,6 +46,15 @@ def test_unset_flags_leave_the_environment_and_defaults_in_charge(monkeypatch):
     monkeypatch.setenv("LORACLE_K", "many")
     with pytest.raises(ValueError, match="LORACLE_K"):
         EngineConfig.from_env()
+    monkeypatch.setenv("LORACLE_K", "3")
+    monkeypatch.setenv("LORACLE_MAX_NEW_TOKENS", "-1")  # checked as the flag is, naming the variable
+    with pytest.raises(ValueError, match=r"\$LORACLE_MAX_NEW_TOKENS='-1': max_new_tokens must be at least 1"):
+        EngineConfig.from_env()
+    from ingest.safety import SafetyLimits, UnsafeInput
+
+    monkeypatch.setenv("LORACLE_MAX_QUESTION_CHARS", "-1")
+    with pytest.raises(UnsafeInput, match="LORACLE_MAX_QUESTION_CHARS='-1' must be above 0"):
+        SafetyLimits.from_env()
 
 
 def test_train_reproduce_command_parses_back_to_the_same_config(tmp_path, monkeypatch):

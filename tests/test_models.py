@@ -16,6 +16,10 @@ def test_unknown_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         models.resolve(str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="base model 'nosuch-model' is neither a built-in name"):
+        models.load("nosuch-model")  # offline: not a hub lookup's raw message
+    with pytest.raises(ValueError, match="dtype 'float99' is not one of float32"):
+        models.load("nosuch-model", dtype="float99")
 
 
 def _installed(*modules: str) -> bool:
