@@ -87,9 +87,13 @@ def _run_show(args: argparse.Namespace) -> int:
 def _run_remove(args: argparse.Namespace) -> int:
     from app import registry
 
-    info = registry.get(args.name, args.root)
+    try:
+        info = registry.get(args.name, args.root)
+        what = f"{info.path} and its {info.version} version(s)"
+    except ValueError as exc:  # a damaged card: removing it is the way out
+        what = f"{registry.root_dir(args.root) / args.name} (unreadable: {exc})"
     if not args.yes and sys.stdin.isatty():
-        if input(f"delete {info.path} and its {info.version} version(s)? [y/N] ").strip().lower() != "y":
+        if input(f"delete {what}? [y/N] ").strip().lower() != "y":
             print("kept")
             return 1
     print(f"removed {registry.remove(args.name, args.root)}")

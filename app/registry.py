@@ -380,12 +380,15 @@ def _install(staging_dir, name: str, make_card, root=None) -> AdapterInfo:
 
 
 def remove(name: str, root=None) -> Path:
-    """Delete an adapter and all its versions; returns the folder it was in. Example: `remove("medical-v2")`."""
-    info = get(name, root)
-    trash = info.path.parent / f".removing-{name}.{os.getpid()}"
-    os.replace(info.path, trash)
+    """Delete an adapter and all its versions; returns the folder it was in. Example: `remove("medical-v2")`.
+    Its card is not read, so an adapter whose card is damaged can still be removed."""
+    path = root_dir(root) / check_name(name)
+    if not path.is_dir():
+        get(name, root)  # the not-found error, with the installed names
+    trash = path.parent / f".removing-{name}.{os.getpid()}"
+    os.replace(path, trash)
     shutil.rmtree(trash)
-    return info.path
+    return path
 
 
 def record_eval(name: str, summary: dict, root=None) -> AdapterInfo:
