@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", default=DEFAULT_INDEX,
                    help=f"index name under indexes/ or a folder (default: {DEFAULT_INDEX})")
     p.add_argument("--remove", action="append", default=[], metavar="DOC", help="remove a document id (repeatable)")
-    p.add_argument("--chunk-size", type=int, default=None, help=f"chunk size (default {d.size}; new index only "
-                   "unless given, then unchanged files are re-chunked)")
+    p.add_argument("--chunk-size", type=int, default=None, help=f"chunk size (default {d.size}); on an existing index "
+                   "the new settings must come with all of its documents, which are then re-chunked")
     p.add_argument("--chunk-overlap", type=int, default=None, help=f"chunk overlap (default {d.overlap})")
     p.add_argument("--chunk-unit", choices=("char", "token"), default=None, help=f"chunk size unit (default {d.unit})")
     p.add_argument("--embedder", default=None, help=f"sentence-transformers folder or id (default {DEFAULT_EMBEDDER}; "

@@ -165,9 +165,23 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
                 producer.start()
                 _consume(jobs, w, embedder, config.batch_size, key, known, report, tracker)
                 producer.join()
+                if getattr(w, "chunker", None) is not None:
+                    _check_one_chunking(ix, key)
     finally:
         ix.close()
     return report
+
+
+def _check_one_chunking(ix: Index, key: str) -> None:
+    """New chunk settings become the whole index's: refused (the run rolls back) while other documents would
+    stay chunked the old way, since the manifest, `index show` and adapters' chunking checks read one setting."""
+    old = [r[0] for r in ix._db.execute("SELECT doc_id FROM documents WHERE chunker != ?", (key,))]
+    if old:
+        was = ix.chunk_config
+        raise ValueError(f"the new chunk settings would cover only this run's documents: {len(old)} other(s) "
+                         f"({', '.join(old[:3])}{', ...' if len(old) > 3 else ''}) stay chunked {was.size}/{was.overlap}. "
+                         "Ingest all of the index's documents in one run with the new settings, or put these in a "
+                         "new index (--index NEW)")
 
 
 def remove(doc_ids: Iterable[str], index: str | Path = DEFAULT_INDEX) -> IngestReport:

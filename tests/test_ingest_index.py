@@ -466,3 +466,17 @@ def test_another_file_with_a_stored_doc_id_is_refused_and_sources_are_absolute(t
     assert "--remove gout" in other.rejected[0][1] and stored()["gout"].endswith("a/gout.txt")
     moved = ingest_paths([tmp_path / "moved" / "gout.txt"], index=tmp_path / "ix")  # same file, new folder: update
     assert moved.added == ["gout"] and stored()["gout"] == str(tmp_path / "moved" / "gout.txt")
+
+
+def test_new_chunk_settings_must_cover_every_document_of_the_index(tmp_path):
+    for name in ("asthma", "gout"):
+        (tmp_path / f"{name}.txt").write_text(f"{name.title()} is a chronic condition. " * 30)
+    ingest_paths([tmp_path / "asthma.txt", tmp_path / "gout.txt"], index=tmp_path / "ix")
+    stored = lambda: [(d["doc_id"], d["chunks"]) for d in Index.open(tmp_path / "ix").documents()]  # noqa: E731
+    before = stored()
+    small = IngestConfig(chunk=ChunkConfig(size=80, overlap=10))
+    with pytest.raises(ValueError, match=r"1 other\(s\) \(gout\) stay chunked 700/150"):
+        ingest_paths([tmp_path / "asthma.txt"], index=tmp_path / "ix", config=small)
+    assert stored() == before and Index.open(tmp_path / "ix").chunk_config.size == 700  # rolled back
+    both = ingest_paths([tmp_path / "asthma.txt", tmp_path / "gout.txt"], index=tmp_path / "ix", config=small)
+    assert sorted(both.added) == ["asthma", "gout"] and Index.open(tmp_path / "ix").chunk_config.size == 80
