@@ -139,6 +139,18 @@ class AuditLog:
             self._conn = conn
         return self._conn
 
+    def check(self) -> None:
+        """Open the log now, so that a log that cannot be written stops a server at start rather than leaving
+        every answer unaudited (a write failing later is logged, and the answer still goes out)."""
+        if not self.enabled:
+            return
+        try:
+            with self._lock:
+                self._db()
+        except (OSError, sqlite3.Error) as exc:
+            raise ValueError(f"the audit log {self.path} cannot be written ({exc}); set LORACLE_AUDIT to a writable "
+                             "file, or turn auditing off with --no-audit (or LORACLE_AUDIT=off)") from None
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

@@ -103,6 +103,7 @@ class Engine:
 
         self.audit = AuditLog(retention=self.config.audit_retention, hash_questions=self.config.audit_hash_questions,
                               enabled=self.config.audit)
+        self.audit.check()
         self._router = None
         self.base_calibration = calibration.load_base(self.root, self.info.name)
         wanted = self.config.adapters

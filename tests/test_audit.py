@@ -126,6 +126,14 @@ def test_stats_for_the_monitor_page(tmp_path):
     assert AuditLog(tmp_path / "empty.sqlite").stats(3600)["total"] == 0
 
 
+def test_a_log_that_cannot_be_written_is_refused_at_start(tmp_path):
+    (tmp_path / "a-folder").mkdir()
+    with pytest.raises(ValueError, match=r"audit log .*a-folder cannot be written .*--no-audit"):
+        AuditLog(tmp_path / "a-folder").check()
+    AuditLog(tmp_path / "a-folder", enabled=False).check()  # off: nothing to check
+    AuditLog(tmp_path / "ok.sqlite").check()
+
+
 def test_disabled_log_records_nothing(tmp_path, monkeypatch):
     log = AuditLog(tmp_path / "d.sqlite", enabled=False)
     assert log.record(make_answer(), "ui", 1.0) == "" and log.event("disable", "m", "a", "b") == ""
