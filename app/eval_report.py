@@ -75,7 +75,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         out.append("\nAccuracy in % with its 95% bootstrap interval in brackets. Decisions: "
                    f"{summary.get('decisions', 'scored')}; calibration "
                    f"{'on' if summary.get('calibrate', True) else 'off'} (the 'uncalibrated' columns are the same "
-                   "answers without offsets; 'parsed' reads the decision from free generation's text).")
+                   "answers without offsets" + ("; 'parsed' reads the decision from free generation's text"
+                                                if any("parsed" in str(c[0]) for c in columns) else "") + ").")
     if summary.get("differences"):
         n = summary.get("n_resamples", 1000)
         out += ["", f"Differences (paired bootstrap, {n} resamples, seed {summary.get('seed', 0)}; accuracy in "

@@ -106,14 +106,18 @@ def _text(metric, best, values, comparisons, recommended, summary, n) -> str:
     name = "macro-F1" if metric == "macro_f1" else "ROUGE-L"
     lat, tok = _cost(summary, best)
     acc = summary["metrics"].get(best, {}).get("accuracy")
-    out = [f"On these {n} questions, **{best}** scores best by {name} ({values[best]:.3f}"
+    total = summary.get("n_items") or n
+    which = f"On the {n} of {total} questions with a gold answer" if n < total else \
+        f"On these {n} question{'s' if n != 1 else ''}"
+    out = [f"{which}, **{best}** scores best by {name} ({values[best]:.3f}"
            + (f", accuracy {acc * 100:.0f}%" if acc is not None else "")
            + f"; {lat:.2f} s and {tok:.0f} prompt tokens per answer)."]
     for c in comparisons:
-        sig = "significant" if c["significant"] else "not significant"
+        sig = "significant" if c["significant"] else \
+            "not significant" if c["n"] >= MIN_QUESTIONS else "too few questions to test"
         out.append(f"Against {c['mode']}: {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], {sig}.")
     if n < MIN_QUESTIONS:
-        out.append(f"With only {n} questions no difference can be called significant and no mode is recommended: "
+        out.append(f"With only {n} question{'s' if n != 1 else ''} no difference can be called significant and no mode is recommended: "
                    f"evaluate at least {MIN_QUESTIONS} (the 50 dev questions tell apart only differences of about "
                    "15 points).")
     elif recommended != best:
