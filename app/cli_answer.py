@@ -106,11 +106,14 @@ def _run_ask(args: argparse.Namespace) -> int:
     for flag, value in (("--index", args.index), ("-k", args.k), ("--passage-chars", args.passage_chars)):
         if value is not None and not args.rag:
             raise ValueError(f"{flag} {value} sets retrieval, which is off: add --rag, or drop {flag}")
+    if args.stream and args.json:
+        raise ValueError("--stream and --json do not go together: --json prints one object when the answer is done; "
+                         "drop one of them")
     engine = _engine_from(args, (args.adapter,) if args.adapter and args.adapter != AUTO else ())
     kw = dict(adapter=args.adapter, retrieval=args.rag, **_request_options(args))
     if args.rag and args.index is None:
         engine.build_card_index(args.adapter)
-    if args.stream and not args.json:
+    if args.stream:
         for item in engine.stream(args.question, **kw):
             if isinstance(item, str):
                 print(item, end="", flush=True)

@@ -218,9 +218,10 @@ def get_spec(spec: str, root=None) -> AdapterInfo:
     name, at, ver = spec.partition("@")
     if not at:
         return get(name, root)
-    if not ver.lstrip("v").isdigit():
+    number = ver[1:] if ver[:1] == "v" else ver
+    if not (number.isascii() and number.isdigit()):
         raise ValueError(f"adapter '{spec}': write a version as NAME@vN, e.g. {name}@v1")
-    return get(name, root, version=int(ver.lstrip("v")))
+    return get(name, root, version=int(number))
 
 
 def find(spec: str, root=None) -> AdapterInfo:

@@ -201,6 +201,8 @@ def test_cli_ask_json_and_stream(setup, sample_index, monkeypatch, capsys):
     assert "passages given" in printed and all(p.doc_id in printed for p in given)  # what was read, cited or not
     assert main(["ask", QUESTIONS[0], "--adapter", "nope", "--base-model", str(base)]) == 2
     assert "no adapter 'nope'" in capsys.readouterr().err
+    assert main(["ask", QUESTIONS[0], "--base-model", str(base), "--stream", "--json"]) == 2
+    assert "--stream and --json do not go together" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -115,6 +115,8 @@ def test_malformed_files_are_reported_clearly(peft_folder, tiny_model_dir, tmp_p
             registry.get("good", root)
         assert "good" in dict((p.name, r) for p, r in registry.scan(root)[1])  # listed as invalid
         (root / "good" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="write a version as NAME@vN"):
+        registry.get_spec("good@vv1", root)
     (root / "badcard" / "card.json").write_text("garbage")  # a damaged card does not block removing it
     assert registry.remove("badcard", root) == root / "badcard" and not (root / "badcard").exists()
 
