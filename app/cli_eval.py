@@ -75,10 +75,10 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit yes/no/maybe calibration offsets on a labelled set and store them",
                        description=CALIBRATE_DESCRIPTION)
     p.add_argument("--data", required=True, help="labelled QA JSONL (final_decision yes/no/maybe)")
-    p.add_argument("--modes", default="base,rag,lora,lora+rag", help="comma-separated modes")
+    p.add_argument("--modes", default="base,rag,lora,lora+rag", help="comma-separated modes (default: all four)")
     p.add_argument("--adapter", default=None, help="adapter for the lora modes (default: medical-pubmedqa)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for the printed estimate")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for the printed estimate (default 5)")
     p.add_argument("--dry-run", action="store_true", help="fit and print, store nothing")
     p.add_argument("--replace", action="store_true",
                    help="store even over offsets fitted on more questions (refused by default)")

@@ -497,6 +497,11 @@ def is_disabled(name: str, root=None) -> bool:
 
 def _set_status(name: str, disabled: bool, root, reason: str, who: str) -> dict:
     info = get(name, root)  # the adapter must exist (FileNotFoundError naming the installed ones)
+    now = status(name, root)
+    if bool(now.get("disabled")) == disabled and "who" in now:  # a written status, not a failed read
+        state = "disabled" if disabled else "in service"
+        raise ValueError(f"'{name}' is already {state} (since {now.get('time', '?')}, by {now.get('who') or '?'}: "
+                         f"{now.get('reason') or 'no reason given'}); nothing changed")
     data = {"disabled": disabled, "reason": reason, "who": who, "version": info.version,
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     _write_text(info.path, STATUS_FILE, json.dumps(data, indent=2) + "\n")

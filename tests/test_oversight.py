@@ -66,6 +66,8 @@ def test_disable_enable_round_trip_survives_new_versions(three_versions, peft_fo
     assert st["disabled"] and (st["reason"], st["who"], st["version"]) == ("dosing answers wrong", "bob", 3)
     assert registry.is_disabled("med", root)
     assert json.loads((root / "med" / "status.json").read_text())["disabled"] is True
+    with pytest.raises(ValueError, match=r"'med' is already disabled \(since .*, by bob: dosing answers wrong\)"):
+        registry.disable("med", root, reason="again", who="carol")  # no second event for nothing
     registry.rollback("med", 2, root)  # still disabled after a rollback ...
     staging = tmp_path / "staging-new"
     shutil.copytree(peft_folders[2], staging)
