@@ -72,6 +72,12 @@ def _answer_json(answer) -> dict:
     return d
 
 
+def _retrieval_part(answer) -> str:
+    settings = answer.settings or {}
+    where = f"index {settings['index']}, k={settings.get('k')}, " if settings.get("index") else ""
+    return f" · retrieval ({where}{answer.timings.get('retrieval_s')} s)"
+
+
 def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
     t = answer.timings
     if header:
@@ -88,7 +94,7 @@ def _print_answer(answer, header: str | None = None, text: bool = True) -> None:
         print(answer.text)
     print(f"[{answer.mode}{' · ' + answer.adapter if answer.adapter else ''} · {t.get('prompt_tokens')} prompt "
           f"tokens · {t.get('new_tokens')} new in {t.get('generation_s')} s ({t.get('tokens_per_s')} tok/s)"
-          f"{' · retrieval ' + str(t.get('retrieval_s')) + ' s' if answer.passages else ''}]")
+          f"{_retrieval_part(answer) if answer.passages else ''}]")
     for c in answer.citations:
         if c.valid:
             loc = f", {c.passage.location}" if c.passage.location else ""

@@ -199,6 +199,7 @@ def test_cli_ask_json_and_stream(setup, sample_index, monkeypatch, capsys):
     printed = capsys.readouterr().out
     given = engine.answer(QUESTIONS[0], retrieval=True, index=str(sample_index), k=2, max_new_tokens=3).passages
     assert "passages given" in printed and all(p.doc_id in printed for p in given)  # what was read, cited or not
+    assert "retrieval (index " in printed and "k=2" in printed  # which index and k the answer searched
     assert main(["ask", QUESTIONS[0], "--adapter", "nope", "--base-model", str(base)]) == 2
     assert "no adapter 'nope'" in capsys.readouterr().err
     assert main(["ask", QUESTIONS[0], "--base-model", str(base), "--stream", "--json"]) == 2
