@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q = isub.add_parser(cmd, help=help_)
         q.add_argument("name", help="index name or folder")
         q.add_argument("--json", action="store_true")
+        if cmd == "remove":
+            q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         q.set_defaults(func=_run_index)
 
     p = sub.add_parser("search", help="retrieve passages for a question (or a JSONL file of questions)")
@@ -167,6 +169,13 @@ def _run_index(args) -> int:
         for d in docs:
             print(f"  {d['doc_id']:<32} {d['chunks']:>4} chunks  {d['format']:<5} {d['title'][:40]}  {d['source']}")
     else:
+        if not args.yes and sys.stdin.isatty():
+            ix = Index.open(args.name)
+            n = len(ix.documents())
+            ix.close()
+            if input(f"delete index {index_path(args.name)} and its {n} document(s)? [y/N] ").strip().lower() != "y":
+                print("kept")
+                return 1
         path = remove_index(args.name)
         print(json.dumps({"removed": str(path)}) if args.json else f"removed index {path}")
     return 0
