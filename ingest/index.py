@@ -133,7 +133,7 @@ class Index:
         path = index_path(name_or_path)
         mf = path / "manifest.json"
         if not mf.is_file():
-            raise FileNotFoundError(f"no index at {path}; build it with `loracle ingest PATH --index {path.name}`")
+            raise FileNotFoundError(f"no index at {path}; build it with `loracle ingest PATH --index {name_or_path}`")
         manifest = json.loads(mf.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"index {path} has format version {manifest.get('format_version')}, this loracle reads "
