@@ -149,8 +149,15 @@ def resolve_model(engine, model_id: str, index: str | None = None) -> Target:
         served = {**served, AUTO: None}
     if adapter is not None and adapter not in served:
         known = ", ".join(["base", *served]) or "base"
+        try:
+            from app import registry
+
+            registry.get_spec(adapter, engine.root)
+            fix = f"or restart with `loracle serve --adapters {adapter}`"
+        except (FileNotFoundError, ValueError) as exc:  # not in the registry either: say so, not "restart"
+            fix = f"the registry has no such adapter ({' '.join(str(exc).split())})"
         raise not_found(f"model '{model_id}': no adapter '{adapter}' is loaded on this server (serving: {known}); "
-                        f"pick one from GET /v1/models or restart with `loracle serve --adapters {adapter}`")
+                        f"pick one from GET /v1/models, {fix}")
     if in_id and index and in_id != index:
         raise ApiError(400, f"model '{model_id}' names index '{in_id}' but the request's index is '{index}': "
                        f"give one of them", param="index")

@@ -182,7 +182,7 @@ def _error(exc_info) -> dict:
 def test_unknown_models_and_indexes_are_404(served):
     import openai
 
-    for model, needle in (("nope", "no adapter 'nope'"), ("nope+rag", "no adapter 'nope'"),
+    for model, needle in (("nope", "the registry has no such adapter"), ("nope+rag", "no adapter 'nope'"),
                           ("base+rag:missing", "no index 'missing'"), ("base+foo", "MODEL+rag")):
         with pytest.raises(openai.NotFoundError) as e:
             _chat(served, model)
