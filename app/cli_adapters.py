@@ -75,7 +75,10 @@ def _run_show(args: argparse.Namespace) -> int:
     from app import registry
 
     info = registry.get_spec(args.name, args.root)  # NAME or NAME@vN
-    lineage = [v.label for v in registry.versions(info.name, args.root)]
+    unreadable: list = []
+    lineage = [v.label for v in registry.versions(info.name, args.root, unreadable)]
+    for path, reason in unreadable:
+        print(f"INVALID {info.name} {path.name} (left out of the lineage): {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps({"path": str(info.path), "lineage": lineage, "card": info.card.to_dict()}, indent=2))
     else:

@@ -233,10 +233,21 @@ def find(spec: str, root=None) -> AdapterInfo:
     return get_spec(spec, root)
 
 
-def versions(name: str, root=None) -> list[AdapterInfo]:
-    """Every version of an adapter, oldest first (the lineage). Example: `[v.label for v in versions("med")]`."""
+def versions(name: str, root=None, unreadable: list | None = None) -> list[AdapterInfo]:
+    """Every version of an adapter, oldest first (the lineage). Example: `[v.label for v in versions("med")]`.
+    With an `unreadable` list, an old version whose files cannot be read is left out and noted there as
+    (folder, reason) instead of failing the whole lineage."""
     cur = get(name, root)
-    olds = [read_folder(p, name) for p in (cur.path / "versions").glob("v*") if p.is_dir()]
+    olds = []
+    for p in (cur.path / "versions").glob("v*"):
+        if not p.is_dir():
+            continue
+        try:
+            olds.append(read_folder(p, name))
+        except ValueError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((p, str(exc)))
     return sorted(olds, key=lambda a: a.version) + [cur]
 
 

@@ -176,6 +176,10 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     assert "no version v7; it has v1, v2 (current v2)" in capsys.readouterr().err
     assert main(["adapters", "show", "mde", "--root", str(root)]) == 2
     assert "did you mean 'med'?" in capsys.readouterr().err
+    (root / "med" / "versions" / "v1" / "card.json").write_text("garbage")  # a damaged old version
+    assert main(["adapters", "show", "med", "--root", str(root), "--json"]) == 0  # the current one still shows
+    out = capsys.readouterr()
+    assert _json.loads(out.out)["lineage"] == ["med@v2"] and "INVALID med v1 (left out of the lineage)" in out.err
     assert main(["adapters", "remove", "med", "--yes", "--root", str(root)]) == 0
     assert not (root / "med").exists()
     assert main(["adapters", "show", "med", "--root", str(root)]) == 2
