@@ -80,8 +80,10 @@ def fitted_on(table: dict, mode: str) -> dict:
 def check_replace(stored: dict, modes: Sequence[str], n: int, data: str, replace: bool = False) -> None:
     """Refuse to replace offsets fitted on more questions than `n` (a quick fit on a few questions would
     silently overwrite a careful one); `replace` (--replace) overrides."""
-    for mode in [m for m in modes if m in (stored or {})] if not replace else ():
-        old = fitted_on(stored or {}, mode) or {}
+    if replace or not stored:
+        return
+    for mode in (m for m in modes if m in stored):
+        old = fitted_on(stored, mode) or {}
         if isinstance(old.get("n"), int) and old["n"] > n:
             raise ValueError(f"the stored {mode} offsets were fitted on {old['n']} questions ({old.get('data')}); "
                              f"{n} from {data} would replace them. Fit on at least as many, print only with "

@@ -169,10 +169,9 @@ def _run_index(args) -> int:
         for d in docs:
             print(f"  {d['doc_id']:<32} {d['chunks']:>4} chunks  {d['format']:<5} {d['title'][:40]}  {d['source']}")
     else:
-        if not args.yes and sys.stdin.isatty():
-            ix = Index.open(args.name)
-            n = len(ix.documents())
-            ix.close()
+        manifest = index_path(args.name) / "manifest.json"  # its counts: no need to load the vectors to ask
+        if not args.yes and sys.stdin.isatty() and manifest.is_file():
+            n = json.loads(manifest.read_text())["counts"]["documents"]
             if input(f"delete index {index_path(args.name)} and its {n} document(s)? [y/N] ").strip().lower() != "y":
                 print("kept")
                 return 1

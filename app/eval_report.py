@@ -76,7 +76,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                    f"{summary.get('decisions', 'scored')}; calibration "
                    f"{'on' if summary.get('calibrate', True) else 'off'} (the 'uncalibrated' columns are the same "
                    "answers without offsets" + ("; 'parsed' reads the decision from free generation's text"
-                                                if any("parsed" in str(c[0]) for c in columns) else "") + ").")
+                                                if any("parsed" in c[0] for c in columns) else "") + ").")
     if summary.get("differences"):
         n = summary.get("n_resamples", 1000)
         out += ["", f"Differences (paired bootstrap, {n} resamples, seed {summary.get('seed', 0)}; accuracy in "

@@ -36,7 +36,7 @@ def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QA
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is fine
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        line = exc.object[:exc.start].count(b"\n") + 1
         raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as "
                          "UTF-8 and try again") from None
     for lineno, line in enumerate(text.split("\n"), 1):

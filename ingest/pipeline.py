@@ -165,7 +165,7 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
                 producer.start()
                 _consume(jobs, w, embedder, config.batch_size, key, known, report, tracker)
                 producer.join()
-                if getattr(w, "chunker", None) is not None:
+                if w.chunker is not None:
                     _check_one_chunking(ix, key)
     finally:
         ix.close()
@@ -175,7 +175,7 @@ def ingest_paths(paths: Iterable[str | Path], index: str | Path = DEFAULT_INDEX,
 def _check_one_chunking(ix: Index, key: str) -> None:
     """New chunk settings become the whole index's: refused (the run rolls back) while other documents would
     stay chunked the old way, since the manifest, `index show` and adapters' chunking checks read one setting."""
-    old = [r[0] for r in ix._db.execute("SELECT doc_id FROM documents WHERE chunker != ?", (key,))]
+    old = sorted(doc_id for doc_id, (_, chunker) in ix.fingerprints().items() if chunker != key)
     if old:
         was = ix.chunk_config
         raise ValueError(f"the new chunk settings would cover only this run's documents: {len(old)} other(s) "
@@ -194,8 +194,7 @@ def _source_name(source: str | None) -> str:
 
 
 def _produce(files: list[Path], known: dict[str, tuple[str, str]], stored: dict[str, str], key: str,
-             config: IngestConfig,
-             tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker,
+             config: IngestConfig, tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker,
              sources: dict[str, str]) -> None:
     """Background thread: load + chunk each file, put (doc, chunks) on the queue; None ends it."""
     seen: dict[str, str] = {}
