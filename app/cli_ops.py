@@ -92,11 +92,12 @@ def _run_rollback(args: argparse.Namespace) -> int:
     from app import registry
 
     _reason(args)
-    before = registry.get(args.name, args.root)
     info = registry.rollback(args.name, args.to_version, args.root, who=args.who or default_who(), reason=args.reason)
-    _audit_event("rollback", args.name, args, {"from_version": before.version, "to_version": args.to_version,
+    replaced = info.card.extra["rollback"]["replaced_version"]
+    _audit_event("rollback", args.name, args, {"from_version": replaced, "to_version": args.to_version,
                                                "new_version": info.version})
-    print(f"{args.name}: v{args.to_version} is current again as {info.label} (replaced v{before.version}, kept "
+    damaged = " (its card could not be read)" if "replaced_unreadable" in info.card.extra["rollback"] else ""
+    print(f"{args.name}: v{args.to_version} is current again as {info.label} (replaced v{replaced}{damaged}, kept "
           f"under versions/)")
     return 0
 

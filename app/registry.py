@@ -363,8 +363,24 @@ def install(staging_dir, name: str, card: AdapterCard | dict, root=None) -> Adap
     return _install(staging_dir, name, lambda prev: _new_card(card, name, prev), root)
 
 
-def _install(staging_dir, name: str, make_card, root=None) -> AdapterInfo:
-    """install(), with the new version's card made by `make_card(previous AdapterInfo or None)`."""
+def _damaged(path: Path, name: str, reason: str) -> AdapterInfo:
+    """The current version of an adapter whose card or files cannot be read, as far as rollback needs it: its
+    version number (the card's if that much is legible, else one past the newest kept version)."""
+    kept = [int(p.name[1:]) for p in (path / "versions").glob("v*") if p.name[1:].isdigit()]
+    try:
+        number = json.loads((path / "card.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        number = None
+    if not isinstance(number, int) or isinstance(number, bool) or number <= max(kept, default=0):
+        number = max(kept, default=0) + 1
+    card = AdapterCard()
+    card.extra["unreadable"] = reason
+    return AdapterInfo(name=name, version=number, path=path, base_model="", card=card)
+
+
+def _install(staging_dir, name: str, make_card, root=None, damaged_ok: bool = False) -> AdapterInfo:
+    """install(), with the new version's card made by `make_card(previous AdapterInfo or None)`. With
+    `damaged_ok`, a current version that cannot be read is kept under versions/ as it is (see `_damaged`)."""
     root = root_dir(root)
     check_name(name)
     staging = Path(staging_dir)
@@ -372,7 +388,12 @@ def _install(staging_dir, name: str, make_card, root=None) -> AdapterInfo:
     root.mkdir(parents=True, exist_ok=True)
     _recover(root)
     target = root / name
-    prev = read_folder(target, name) if target.is_dir() else None
+    try:
+        prev = read_folder(target, name) if target.is_dir() else None
+    except (ValueError, FileNotFoundError) as exc:
+        if not damaged_ok:
+            raise
+        prev = _damaged(target, name, str(exc))
     card = make_card(prev)
     build = Path(tempfile.mkdtemp(prefix=f".staging-{name}.", dir=root))
     try:
@@ -450,13 +471,27 @@ def rollback(name: str, version: int, root=None, who: str = "", reason: str = ""
     replaced; the replaced version is kept under versions/ like any other. It goes through the install swap,
     so it is one atomic step; the weights are the same as vK's, so vK's eval evidence is carried to vN+1.
 
+    A current version whose card or files are damaged can be rolled back from (it is the way out): it is kept
+    under versions/ as it is, and `extra["rollback"]["replaced_unreadable"]` says why it could not be read.
+
     Example: `rollback("medical-pubmedqa", 1).label` -> "medical-pubmedqa@v3" (a copy of v1).
     """
     root = root_dir(root)
-    cur = get(name, root)
+    try:
+        cur, damaged = get(name, root), False
+    except (ValueError, FileNotFoundError) as exc:
+        if not (root / check_name(name)).is_dir():
+            raise
+        cur, damaged = _damaged(root / name, name, str(exc)), True
     if version == cur.version:
         raise ValueError(f"'{name}' v{version} is already the current version; nothing to roll back")
-    old = get(name, root, version=version)  # FileNotFoundError naming the current version when absent
+    if damaged:
+        kept = root / name / "versions" / f"v{version}"
+        if not kept.is_dir():
+            raise FileNotFoundError(f"adapter '{name}' has no version v{version} under {kept.parent}")
+        old = read_folder(kept, name)
+    else:
+        old = get(name, root, version=version)  # FileNotFoundError naming the versions there are
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}.rollback.", dir=root))
     try:
         for f in old.path.iterdir():
@@ -477,9 +512,11 @@ def rollback(name: str, version: int, root=None, who: str = "", reason: str = ""
                 card.evals[f"v{card.version}"] = copy.deepcopy(card.evals[f"v{old.version}"])
             card.extra["rollback"] = {"to_version": old.version, "replaced_version": prev.version,
                                       "time": card.created, "who": who, "reason": reason}
+            if "unreadable" in prev.card.extra:
+                card.extra["rollback"]["replaced_unreadable"] = prev.card.extra["unreadable"]
             return card
 
-        return _install(staging, name, make_card, root)
+        return _install(staging, name, make_card, root, damaged_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -59,6 +59,27 @@ def test_rollback_is_a_new_version_and_history_is_append_only(three_versions, pe
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
+@pytest.mark.parametrize("damage", ["{not json", '{"version": "three"}'])
+def test_rollback_is_the_way_out_of_a_current_version_whose_card_is_damaged(three_versions, peft_folders, damage,
+                                                                            tmp_path, monkeypatch, capsys):
+    from app.cli import main
+
+    monkeypatch.setenv("LORACLE_AUDIT", str(tmp_path / "audit.sqlite"))
+    root = three_versions
+    (root / "med" / "card.json").write_text(damage)
+    with pytest.raises(ValueError, match="card.json"):
+        registry.get("med", root)
+    assert main(["ops", "rollback", "med", "--to-version", "2", "--reason", "v3's card broke", "--root",
+                 str(root)]) == 0
+    assert "v2 is current again as med@v4 (replaced v3 (its card could not be read)" in capsys.readouterr().out
+    info = registry.get("med", root)
+    assert weights(info.path) == weights(peft_folders[1]) and info.card.extra["rollback"]["replaced_version"] == 3
+    assert "card.json" in info.card.extra["rollback"]["replaced_unreadable"]
+    assert (root / "med" / "versions" / "v3" / "card.json").read_text() == damage  # kept as it was
+    with pytest.raises(FileNotFoundError, match="no version v9"):
+        registry.rollback("med", 9, root)
+
+
 def test_disable_enable_round_trip_survives_new_versions(three_versions, peft_folders, tiny_model_dir, tmp_path):
     root = three_versions
     assert registry.is_disabled("med", root) is False and registry.status("med", root) == {"disabled": False}
