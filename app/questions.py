@@ -14,6 +14,8 @@ from typing import Sequence
 from app import metrics
 from app.prompts import format_target
 
+_SHOWN_ERRORS = 10  # bad lines named in one error; the rest are counted
+
 
 @dataclass
 class QAItem:
@@ -25,7 +27,7 @@ class QAItem:
 
 
 def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QAItem]:
-    """Read a QA JSONL file; a malformed line raises ValueError naming the file, the line and the problem."""
+    """Read a QA JSONL file; malformed lines raise one ValueError naming the file, each line and its problem."""
     path = Path(path)
     if limit is not None and limit < 1:
         raise ValueError(f"limit {limit}: give at least 1 question (--limit N), or leave it out for all")
@@ -39,39 +41,50 @@ def load_questions(path: str | os.PathLike, limit: int | None = None) -> list[QA
         line = exc.object[:exc.start].count(b"\n") + 1
         raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as "
                          "UTF-8 and try again") from None
+    errors: list[str] = []
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        where = f"{path}, line {lineno}"
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for key in ("id", "question"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise ValueError(f"{where}: field '{key}' is missing or not a non-empty string "
-                                 f"(each line needs \"id\" and \"question\")")
-        for key in ("context_doc_id", "long_answer", "final_decision"):
-            if rec.get(key) is not None and not isinstance(rec[key], str):
-                raise ValueError(f"{where}: field '{key}' must be a string, got {type(rec[key]).__name__}")
-        decision = rec.get("final_decision")
-        if decision is not None:
-            decision = decision.strip().lower()
-            if decision not in metrics.DECISIONS:
-                raise ValueError(f"{where}: final_decision {rec['final_decision']!r} is not one of "
-                                 f"{', '.join(metrics.DECISIONS)}")
-        if rec["id"] in seen:
-            raise ValueError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
-        seen[rec["id"]] = lineno
-        items.append(QAItem(rec["id"], rec["question"], rec.get("context_doc_id") or None, decision,
-                            rec.get("long_answer") or None))
+            item = _parse_line(line, seen)
+        except ValueError as exc:
+            errors.append(f"{path}, line {lineno}: {exc}")
+            continue
+        seen[item.id] = lineno
+        items.append(item)
         if limit is not None and len(items) >= limit:
             break
+    if errors:
+        more = f"\n... and {len(errors) - _SHOWN_ERRORS} more bad lines" if len(errors) > _SHOWN_ERRORS else ""
+        raise ValueError("\n".join(errors[:_SHOWN_ERRORS]) + more)
     if not items:
         raise ValueError(f"{path}: no questions found")
     return items
+
+
+def _parse_line(line: str, seen: dict[str, int]) -> QAItem:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+    for key in ("id", "question"):
+        if not isinstance(rec.get(key), str) or not rec[key].strip():
+            raise ValueError(f"field '{key}' is missing or not a non-empty string "
+                             f"(each line needs \"id\" and \"question\")")
+    for key in ("context_doc_id", "long_answer", "final_decision"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise ValueError(f"field '{key}' must be a string, got {type(rec[key]).__name__}")
+    decision = rec.get("final_decision")
+    if decision is not None:
+        decision = decision.strip().lower()
+        if decision not in metrics.DECISIONS:
+            raise ValueError(f"final_decision {rec['final_decision']!r} is not one of {', '.join(metrics.DECISIONS)}")
+    if rec["id"] in seen:
+        raise ValueError(f"duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+    return QAItem(rec["id"], rec["question"], rec.get("context_doc_id") or None, decision,
+                  rec.get("long_answer") or None)
 
 
 def few_shot_examples(path: str, n: int, evaluated: Sequence[QAItem], seed: int = 0) -> list[tuple[str, str]]:

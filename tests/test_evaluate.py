@@ -146,6 +146,12 @@ def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
         with pytest.raises(ValueError) as exc:
             load_questions(path)
         assert str(path) in str(exc.value) and message in str(exc.value), str(exc.value)
+    lines = [json.dumps({"id": str(i), "question": "Q?"} if i % 3 else {"id": str(i)}) for i in range(1, 40)]
+    path.write_text("\n".join(lines))  # every bad line is named at once (the first ten), the rest counted
+    with pytest.raises(ValueError) as exc:
+        load_questions(path)
+    assert [f"line {n}:" in str(exc.value) for n in (3, 30, 33)] == [True, True, False]
+    assert str(exc.value).endswith("... and 3 more bad lines")
     path.write_bytes(json.dumps(good).encode() + b'\n{"id": "c", "question": "Is caf\xe9 ok?"}\n')  # latin-1
     with pytest.raises(ValueError, match=r"line 2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
         load_questions(path)
