@@ -180,13 +180,10 @@ def _run_index(args) -> int:
     return 0
 
 
-def _search_queries(args, retriever) -> int:
+def _search_queries(args, retriever, items) -> int:
     """--queries FILE.jsonl: one JSON line per question (to --out or stdout); recall@k on stderr when gold ids exist."""
     from app.retrieve import rank_documents, recall_at
 
-    from app.questions import load_questions
-
-    items = load_questions(args.queries)  # malformed lines are named with their line number
     results = retriever.search_many([it.question for it in items], k=3 * args.k)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     rows = []
@@ -214,13 +211,15 @@ def _search_queries(args, retriever) -> int:
 
 
 def _run_search(args) -> int:
+    from app.questions import load_questions
     from app.retrieve import get_retriever
 
-    retriever = get_retriever(args.index, hybrid=args.hybrid, reranker=args.reranker)
-    if args.queries:
-        return _search_queries(args, retriever)
-    if not args.query:
+    if not args.query and not args.queries:
         raise ValueError("give a question, or --queries FILE.jsonl")
+    items = load_questions(args.queries) if args.queries else None  # bad lines named before any model loads
+    retriever = get_retriever(args.index, hybrid=args.hybrid, reranker=args.reranker)
+    if items:
+        return _search_queries(args, retriever, items)
     passages = retriever.search(args.query, k=args.k)
     if args.json:
         print(json.dumps([{"rank": p.rank, "score": round(p.score, 5), "doc_id": p.doc_id, "location": p.location,

@@ -84,3 +84,6 @@ def test_search_command(sample_index, shared_data, tmp_path, capsys):
     bad.write_text('{"id": "a", "question": "Is it?"}\nnot json\n')
     assert main(["search", "--queries", str(bad), "--index", str(sample_index)]) == 2
     assert "bad.jsonl, line 2: not valid JSON" in capsys.readouterr().err
+    # the question file is checked before the index (and its embedder) is opened
+    assert main(["search", "--queries", str(tmp_path / "none.jsonl"), "--index", str(tmp_path / "no-index")]) == 2
+    assert "question file" in capsys.readouterr().err
