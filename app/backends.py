@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from app import prompts
 from app.config import BASE_ADAPTER
 
 
@@ -75,8 +76,6 @@ class LocalBackend:
             self.model.load_adapter(str(path), adapter_name=name)
 
     def render(self, messages: list[dict]) -> str:
-        from app import prompts
-
         return prompts.render(self.tokenizer, messages)
 
     def prompt_room(self, messages: list[dict]) -> tuple[int, int | None]:
@@ -260,7 +259,7 @@ class OpenAIBackend:
         t0 = time.perf_counter()
         rows = []
         for item in items:  # the server batches concurrent work itself; requests stay simple here
-            body = {"model": item.adapter or self.base_name, "messages": item.messages,
+            body = {"model": item.adapter or self.base_name, "messages": prompts.neutralize_messages(item.messages),
                     "max_tokens": item.max_new_tokens, "temperature": 0.0}
             reply = self._call("POST", "/chat/completions", body)
             try:

@@ -83,10 +83,40 @@ def build_messages(question: str, passages: list[Passage] | None = None, templat
     return [{"role": "system", "content": tpl.system}, *shots, {"role": "user", "content": user}]
 
 
+# Chat-control markers of the common templates (ChatML "<|im_start|>", Llama 3 "<|eot_id|>", Gemma
+# "<start_of_turn>", Mistral "[INST]", "</s>"): in a passage or question they would open a real turn.
+_CONTROL = re.compile(r"<\|[^<>|\s]{1,40}\|>|</?(?:start_of_turn|end_of_turn|s)>|\[/?INST\]")
+
+
+def neutralize(text: str, specials=()) -> str:
+    """Text with chat-control markers broken apart ("<|im_start|>" -> "< |im_start|>"), so that a document,
+    a question or an earlier turn can never open a system turn of its own: the tokenizer's own special
+    strings (`specials`) and the common templates' markers."""
+    for tok in specials:
+        if tok and len(tok) > 1 and tok in text:
+            text = text.replace(tok, f"{tok[0]} {tok[1:]}")
+    return _CONTROL.sub(lambda m: f"{m.group(0)[0]} {m.group(0)[1:]}", text)
+
+
+def neutralize_messages(messages: list[dict], specials=()) -> list[dict]:
+    """The messages with every content neutralized (see `neutralize`); the system prompt is ours but goes
+    through too, which changes nothing in it."""
+    return [{**m, "content": neutralize(m["content"], specials)} for m in messages]
+
+
+def special_strings(tokenizer) -> list[str]:
+    """The strings this tokenizer reads as one special/added token, longest first."""
+    added = getattr(tokenizer, "get_added_vocab", lambda: {})() or {}
+    names = set(added) | set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    return sorted((t for t in names if len(t) > 1), key=len, reverse=True)
+
+
 def render(tokenizer, messages: list[dict]) -> str:
     """Prompt text in the model's own chat template. Models without one (e.g. gemma3-270m, not instruction-tuned)
     get plain text ending in "Answer:" and a newline, so that "Yes"/"No"/"Maybe" start a line as they do
-    after a chat template's assistant header; with the BOS token first when the tokenizer adds one."""
+    after a chat template's assistant header; with the BOS token first when the tokenizer adds one.
+    Control markers inside the messages are neutralized first (`neutralize`)."""
+    messages = neutralize_messages(messages, special_strings(tokenizer))
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:\n"
