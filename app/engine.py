@@ -35,6 +35,11 @@ class AdapterLoadError(RuntimeError):
     """A registered adapter whose weights cannot be loaded; requests for it fall back to the base model."""
 
 
+class AdapterUnavailable(RuntimeError):
+    """An adapter that is disabled or fails to load, where falling back to the base model would mislead
+    (log-likelihood scoring: the numbers would silently be the base model's)."""
+
+
 @dataclass
 class Request:
     """One question and how to answer it; None means "the adapter's card, else the engine's config"."""
@@ -196,15 +201,28 @@ class Engine:
     def _adapter_for(self, adapter: str | AdapterRef | None) -> tuple[_Loaded | None, str | None]:
         """The loaded adapter, or (None, why) when an operator disabled it or its weights fail to load: the
         request then falls back to the base model and the answer says so."""
+        loaded, why = self._adapter_or_why(adapter)
+        return loaded, (f"{why}: answered by the base model" if why else None)
+
+    def _adapter_or_why(self, adapter: str | AdapterRef | None) -> tuple[_Loaded | None, str | None]:
         if not adapter:
             return None, None
         name = adapter.name if isinstance(adapter, AdapterRef) else str(adapter).partition("@")[0]
         if "/" not in name and registry.is_disabled(name, self.root):
-            return None, f"adapter {name} is disabled: answered by the base model"
+            return None, f"adapter {name} is disabled"
         try:
             return self._adapters[self.load_adapter(adapter).key], None  # cheap when loaded at the current version
         except AdapterLoadError as exc:
-            return None, f"{exc}: answered by the base model"
+            return None, str(exc)
+
+    def serving_key(self, adapter: str | AdapterRef | None) -> str | None:
+        """The backend key of `adapter` as a request would get it now: its current version (reloaded after a
+        rollback), None for the base model. A disabled or unloadable adapter raises AdapterUnavailable and a
+        removed one FileNotFoundError: for callers that must not fall back to the base model unannounced."""
+        loaded, why = self._adapter_or_why(adapter)
+        if why:
+            raise AdapterUnavailable(f"{why}; name the base model to score with it instead")
+        return loaded.ref.key if loaded else None
 
     def router(self):
         """The adapter router for adapter="auto" (app.routing.Router over the registry), built on first use;

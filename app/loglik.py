@@ -43,9 +43,11 @@ def _context_limit(engine) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
-def complete(engine, prompt: str | list[int], adapter_key: str | None = None, top: int = 0, max_tokens: int = 0,
+def complete(engine, prompt: str | list[int], adapter: str | None = None, top: int = 0, max_tokens: int = 0,
              stop: tuple[str, ...] = ()) -> Scored:
-    """Score the prompt and continue it greedily for up to `max_tokens` tokens (0: score only)."""
+    """Score the prompt and continue it greedily for up to `max_tokens` tokens (0: score only). `adapter` is
+    resolved as a request's would be (its current version; a disabled one is refused, never replaced by the
+    base model: `Engine.serving_key`)."""
     import torch
 
     tok = engine.tokenizer
@@ -60,6 +62,7 @@ def complete(engine, prompt: str | list[int], adapter_key: str | None = None, to
         raise ValueError(f"the prompt has {len(ids)} tokens and asks for {max_tokens} more, over the model's "
                          f"context of {limit} tokens: shorten the prompt or lower max_tokens")
     eos = set(getattr(engine.backend, "eos", None) or [tok.eos_token_id])
+    adapter_key = engine.serving_key(adapter)
     with engine._lock:  # the model and its active adapter are shared: nothing else runs it meanwhile
         with engine.backend._adapter_ctx(adapter_key), torch.inference_mode():
             model = engine.model
@@ -153,7 +156,7 @@ def openai_logprobs(tok, scored: Scored, echo: bool) -> dict:
             "top_logprobs": scored.top_logprobs[start:], "text_offset": offsets[start:]}
 
 
-def prompt_logprobs(engine, text: str | list[int], adapter_key: str | None = None, top: int = 0) -> dict:
+def prompt_logprobs(engine, text: str | list[int], adapter: str | None = None, top: int = 0) -> dict:
     """One forward pass over the raw prompt: the OpenAI-shaped logprobs of every prompt token (first None)."""
-    scored = complete(engine, text, adapter_key, top=top, max_tokens=0)
+    scored = complete(engine, text, adapter, top=top, max_tokens=0)
     return openai_logprobs(engine.tokenizer, scored, echo=True)

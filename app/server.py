@@ -20,11 +20,15 @@ Routes:
        [{number, valid, doc_id, location}], passages [{rank, doc_id, score, location, text}], settings, timings.
   POST /v1/completions  raw prompts (no chat template), for log-likelihood scoring: prompt (string, strings,
        token ids or lists of token ids), max_tokens (0 allowed: score only; default 16), logprobs (top-N,
-       at most 20), echo, stop. Not for +rag models (a raw prompt has no question to retrieve for).
+       at most 20), echo, stop. Not for +rag models (a raw prompt has no question to retrieve for). The
+       adapter is taken as a chat request takes it (its current version after a rollback), but a disabled
+       one is refused (409), never silently replaced by the base model; at most `queue_limit` calls run
+       or wait at once (503 beyond), and a client that went away stops the remaining prompts.
   GET  /health  status, base model, adapters, and the scheduler's queue figures when the engine has them.
 
 Errors always have OpenAI's shape {"error": {message, type, param, code}}: 400 bad input, 401 missing or wrong
-key (when started with an API key, for /v1/*), 404 unknown model or route, 413 body too large, 503 busy
+key (when started with an API key, for /v1/*), 404 unknown model or route, 409 a disabled adapter on
+/v1/completions, 413 body too large, 503 busy
 (with Retry-After), 500 anything else (one line).
 """
 from __future__ import annotations
@@ -37,7 +41,7 @@ import uuid
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -45,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import loglik
 from app.engine import AUTO
+from app.scheduler import Busy
 from app.server_models import ApiError, _engine_error, _error_response, error_body, list_models, resolve_model
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
@@ -350,6 +355,8 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
         out = {"status": "ok", "model": engine.info.name,
                "adapters": [engine.adapter_ref(k).label for k in engine.loaded_adapters()]}
         queue = _queue_stats(engine)
+        if queue is not None:
+            queue["scoring"] = scoring["in_flight"]  # /v1/completions calls, which run outside the batch
         return {**out, "queue": queue} if queue is not None else out
 
     @app.get("/v1/models")
@@ -396,8 +403,10 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
         events = _chat_events(gen, first, cancel, request, {**head, "object": "chat.completion.chunk"}, include_usage)
         return EventSourceResponse(events, ping=15)
 
+    scoring = {"in_flight": 0}  # /v1/completions calls admitted; bounded like the scheduler's queue
+
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         target = resolve_model(engine, body.model)
         if target.adapter == AUTO:
             raise ApiError(400, "model 'auto' routes chat questions; on /v1/completions name the adapter (or "
@@ -414,14 +423,25 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
         stop = tuple([body.stop] if isinstance(body.stop, str) else body.stop or ())
         if len(stop) > 4:
             raise ApiError(400, f"{len(stop)} stop strings is over the limit of 4", param="stop")
+        bound = getattr(engine.config, "queue_limit", None) or 32
+        if scoring["in_flight"] >= bound:
+            raise _engine_error(Busy(f"the engine is busy: {scoring['in_flight']} scoring requests are in flight "
+                                     f"(queue_limit={bound}); try again in a few seconds", retry_after=5))
+        scoring["in_flight"] += 1
         choices, prompt_n, new_n = [], 0, 0
-        for i, prompt in enumerate(prompts):
-            s = await _engine_call(loglik.complete, engine, prompt, target.key, top=body.logprobs or 0,
-                                   max_tokens=max_tokens, stop=stop)
-            logprobs = loglik.openai_logprobs(engine.tokenizer, s, body.echo) if body.logprobs is not None else None
-            choices.append({"index": i, "text": (s.prompt_text if body.echo else "") + s.text, "logprobs": logprobs,
-                            "finish_reason": s.finish_reason})
-            prompt_n, new_n = prompt_n + s.n_prompt, new_n + len(s.ids) - s.n_prompt
+        try:
+            for i, prompt in enumerate(prompts):
+                if await request.is_disconnected():  # nobody to answer: leave the model to the others
+                    return Response(status_code=499)
+                s = await _engine_call(loglik.complete, engine, prompt, target.adapter, top=body.logprobs or 0,
+                                       max_tokens=max_tokens, stop=stop)
+                logprobs = loglik.openai_logprobs(engine.tokenizer, s, body.echo) if body.logprobs is not None \
+                    else None
+                choices.append({"index": i, "text": (s.prompt_text if body.echo else "") + s.text,
+                                "logprobs": logprobs, "finish_reason": s.finish_reason})
+                prompt_n, new_n = prompt_n + s.n_prompt, new_n + len(s.ids) - s.n_prompt
+        finally:
+            scoring["in_flight"] -= 1
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": body.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_n, "completion_tokens": new_n, "total_tokens": prompt_n + new_n}}

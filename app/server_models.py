@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
-from app.engine import AUTO
+from app.engine import AUTO, AdapterUnavailable
 from app.scheduler import Busy
 
 
@@ -37,6 +37,8 @@ def _engine_error(exc: BaseException) -> ApiError:
         wait = max(1, int(round(getattr(exc, "retry_after", 1) or 1)))
         return ApiError(503, f"{message}; retry after {wait} s", "server_busy", code="busy",
                         headers={"Retry-After": str(wait)})
+    if isinstance(exc, AdapterUnavailable):
+        return ApiError(409, message, "invalid_request_error", "model", "adapter_unavailable")
     if isinstance(exc, FileNotFoundError):
         return ApiError(404, message, "not_found_error")
     if isinstance(exc, ValueError):

@@ -321,6 +321,27 @@ def test_completion_continuation_and_refusals(served):
         client(served.port).completions.create(model="base", prompt=[[10 ** 9]], max_tokens=0, echo=True)
 
 
+def test_completions_refuse_a_disabled_adapter_instead_of_scoring_with_the_base_model(served):
+    import httpx
+
+    from app import registry
+
+    root = served.engine.root
+    body = {"model": "alpha", "prompt": "The sky is", "max_tokens": 0, "echo": True, "logprobs": 1}
+    own = httpx.post(served.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+    registry.disable("alpha", root, reason="under review", who="test")
+    try:
+        r = httpx.post(served.url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "adapter_unavailable"
+        assert "adapter alpha is disabled; name the base model" in r.json()["error"]["message"]
+    finally:
+        registry.enable("alpha", root, who="test")
+    again = httpx.post(served.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+    assert again["token_logprobs"] == own["token_logprobs"]
+    health = httpx.get(served.url + "/health", timeout=30).json()
+    assert health.get("queue", {"scoring": 0})["scoring"] == 0  # every admitted scoring call has left
+
+
 def test_disconnect_mid_stream_frees_the_row(served):
     import httpx
 
