@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ def _package_dir(src: GGUFSource) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise _not_installed(src)
     return Path(list(spec.submodule_search_locations)[0])
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -129,12 +133,23 @@ def _resolve_packaged(spec: str, src: GGUFSource) -> tuple[Path, str]:
     stamp = f"{stat.st_size}-{int(stat.st_mtime)}"
     target_root = cache_dir() / "models"
     hash_file = target_root / f"{spec}.{stamp}.sha256"
-    digest = hash_file.read_text().strip() if hash_file.exists() else sha256_file(gguf_path)
+    try:
+        digest = hash_file.read_text().strip()
+    except OSError:
+        digest = ""
+    cached = bool(_SHA256.match(digest))  # an empty or cut file (a writer beside us, a crash) is recomputed
+    if not cached:
+        digest = sha256_file(gguf_path)
     target = target_root / f"{spec}-{digest[:12]}"
     if not (target / "config.json").exists():
         _convert_gguf(src, gguf_dir, digest, target)
-    target_root.mkdir(parents=True, exist_ok=True)
-    hash_file.write_text(digest)
+    if not cached:
+        target_root.mkdir(parents=True, exist_ok=True)
+        for old in target_root.glob(f"{spec}.*.sha256"):  # stamps of earlier installs of the package
+            old.unlink(missing_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=target_root, suffix=".tmp", delete=False) as tmp:
+            tmp.write(digest)
+        os.replace(tmp.name, hash_file)  # readers see the whole digest or no file
     return target, digest
 
 

