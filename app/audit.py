@@ -1,5 +1,6 @@
 """The audit log: one row per answer given (UI, CLI, API, eval), the feedback on it, and the oversight
-events (rollback, disable, enable), in one SQLite database in WAL mode.
+events (rollback, disable, enable; and registry changes: install of a trained or merged version, remove),
+in one SQLite database in WAL mode.
 
 Where: `<data home>/audit/audit.sqlite` (`ingest.config.home()`), or $LORACLE_AUDIT (a file path; "off"
 disables the log). Every write is its own short transaction, so a writer killed at any moment leaves a
@@ -80,6 +81,19 @@ def default_path() -> Path | None:
     from ingest.config import home
 
     return home() / "audit" / "audit.sqlite"
+
+
+def registry_event(kind: str, name: str, detail: dict, why: str = "", who: str | None = None) -> str:
+    """Record a registry change made from the CLI or UI ("install" of a trained or merged version, "remove")
+    once it is done. The change has happened either way, so a log that cannot be written gives a warning on
+    stderr, not an error. Returns the event id ("" when not recorded)."""
+    import sys
+
+    try:
+        return AuditLog().event(kind, name, who or current_user(), why, detail)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        print(f"warning: {kind} of '{name}' not recorded in the audit log: {exc}", file=sys.stderr)
+        return ""
 
 
 def _utc(ts: float) -> str:

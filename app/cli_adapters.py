@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             q.add_argument("name")
         if cmd == "remove":
             q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+            q.add_argument("--reason", default="", help="why (kept with the event in the audit log)")
         q.add_argument("--root", default=None, help="registry folder (default: adapters/, env LORACLE_ADAPTERS)")
         q.add_argument("--json", action="store_true", help="JSON output")
         q.set_defaults(func=func)
@@ -90,23 +91,30 @@ def _run_show(args: argparse.Namespace) -> int:
 def _run_remove(args: argparse.Namespace) -> int:
     from app import registry
 
+    from app.audit import registry_event
+
     try:
         info = registry.get(args.name, args.root)
-        what = f"{info.path} and its {info.version} version(s)"
+        what, version = f"{info.path} and its {info.version} version(s)", info.version
     except ValueError as exc:  # a damaged card: removing it is the way out
-        what = f"{registry.root_dir(args.root) / args.name} (unreadable: {exc})"
+        what, version = f"{registry.root_dir(args.root) / args.name} (unreadable: {exc})", None
     if not args.yes and sys.stdin.isatty():
         if input(f"delete {what}? [y/N] ").strip().lower() != "y":
             print("kept")
             return 1
-    print(f"removed {registry.remove(args.name, args.root)}")
+    path = registry.remove(args.name, args.root)
+    registry_event("remove", args.name, {"current_version": version, "path": str(path)}, why=args.reason)
+    print(f"removed {path}")
     return 0
 
 
 def _run_merge(args: argparse.Namespace) -> int:
     from app.merge import merge
 
+    from app.audit import registry_event
+
     info = merge(args.name, args.sources, args.weights, args.root, args.base_model)
+    registry_event("install", args.name, {"version": info.version, "by": "merge", "sources": args.sources})
     rank = json.loads((info.path / "adapter_config.json").read_text())["r"]
     print(f"installed {info.label} at {info.path} (rank {rank}, from {', '.join(info.card.hyperparameters['sources'])})")
     return 0
@@ -115,7 +123,10 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _run_train(args) -> int:
     from app.train import config_from_args, train
 
+    from app.audit import registry_event
+
     info = train(config_from_args(args))
+    registry_event("install", info.name, {"version": info.version, "by": "train", "data": args.data})
     card, nan = info.card, float("nan")
     merged = card.extra.get("merged_from") or []
     if merged:

@@ -95,10 +95,16 @@ def test_sources_with_other_answer_settings_are_refused(root, tiny_model_dir, tm
         merge("ens", ["s1", "s2k3"], None, root, base_model=str(tiny_model_dir))
 
 
-def test_cli_merge_installs_and_prints(root, tiny_model_dir, capsys):
+def test_cli_merge_installs_prints_and_is_audited(root, tiny_model_dir, capsys, tmp_path, monkeypatch):
+    from app.audit import AuditLog
+
+    monkeypatch.setenv("LORACLE_AUDIT", str(tmp_path / "audit.sqlite"))
     assert main(["adapters", "merge", "ens", "s1", "s2", "--root", str(root),
                  "--base-model", str(tiny_model_dir)]) == 0
     assert "installed ens@v1" in capsys.readouterr().out
+    (event,) = AuditLog().events()
+    assert (event["kind"], event["target"], event["detail"]) == \
+        ("install", "ens", {"version": 1, "by": "merge", "sources": ["s1", "s2"]})
     assert [a.label for a in registry.list_adapters(root)] == ["ens@v1", "s1@v1", "s2@v1", "s3@v1"]
 
 

@@ -153,10 +153,13 @@ def test_remove(peft_folder, tiny_model_dir, tmp_path):
         registry.remove("med", root)
 
 
-def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, capsys):
+def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, capsys, monkeypatch):
     import json as _json
 
+    from app.audit import AuditLog
     from app.cli import main
+
+    monkeypatch.setenv("LORACLE_AUDIT", str(tmp_path / "audit.sqlite"))
 
     root = tmp_path / "adapters"
     registry.install(staged(peft_folder, tmp_path, "1"), "med", card_for(tiny_model_dir), root)
@@ -180,8 +183,11 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     assert main(["adapters", "show", "med", "--root", str(root), "--json"]) == 0  # the current one still shows
     out = capsys.readouterr()
     assert _json.loads(out.out)["lineage"] == ["med@v2"] and "INVALID med v1 (left out of the lineage)" in out.err
-    assert main(["adapters", "remove", "med", "--yes", "--root", str(root)]) == 0
+    assert main(["adapters", "remove", "med", "--yes", "--reason", "superseded", "--root", str(root)]) == 0
     assert not (root / "med").exists()
+    (event,) = AuditLog().events()  # a removal is an oversight event like a rollback
+    assert (event["kind"], event["target"], event["why"]) == ("remove", "med", "superseded")
+    assert event["detail"]["current_version"] == 2
     assert main(["adapters", "show", "med", "--root", str(root)]) == 2
 
 

@@ -230,7 +230,11 @@ def start_training(cfg_kwargs: dict):
                          series=f"seed {seed}")
 
         report(0.0, "preparing")
-        return train(config, progress=progress)
+        info = train(config, progress=progress)
+        from app.audit import registry_event
+
+        registry_event("install", info.name, {"version": info.version, "by": "train (UI)", "data": config.data})
+        return info
 
     return runner().submit("train", f"train '{cfg_kwargs['name']}'", job, targets=(cfg_kwargs["name"],))
 
@@ -290,6 +294,9 @@ if merge_clicked:
         check_name(merged_name)
         with st.spinner(f"Merging {', '.join(sources)}"):
             merged = merge(merged_name, sources, base_model=state.engine_config().base_model or None)
+        from app.audit import registry_event
+
+        registry_event("install", merged.name, {"version": merged.version, "by": "merge (UI)", "sources": sources})
         st.success(f"Merged {', '.join(merged.card.hyperparameters['sources'])} into {merged.label}.")
 with st.expander("Background jobs"):
     state.recent_jobs_table()
