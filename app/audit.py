@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -94,6 +95,19 @@ def registry_event(kind: str, name: str, detail: dict, why: str = "", who: str |
     except (OSError, ValueError, sqlite3.Error) as exc:
         print(f"warning: {kind} of '{name}' not recorded in the audit log: {exc}", file=sys.stderr)
         return ""
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet will show as text, not run as a formula (OWASP "CSV injection"): text that
+    starts with = + - @, a tab or a carriage return gets a leading apostrophe; numbers stay as they are.
+    Questions and comments are untrusted input, and audit and feedback exports are opened in spreadsheets."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def _utc(ts: float) -> str:
@@ -301,8 +315,8 @@ class AuditLog:
                                 extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v)
-                             for k, v in row.items()})
+            writer.writerow({k: spreadsheet_safe(json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict))
+                                                 else v) for k, v in row.items()})
         return buf.getvalue(), len(rows)
 
     def export(self, path: str | Path, fmt: str = "csv", table: str = "answers") -> int:

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from app.audit import spreadsheet_safe
+
 RATINGS = ("up", "down")
 CSV_FIELDS = ("id", "time", "rating", "comment", "question", "mode", "adapter", "answer", "doc_ids", "scores")
 
@@ -93,7 +95,7 @@ def export_csv(entries: list[dict[str, Any]]) -> str:
         row = dict(e)
         row["doc_ids"] = ";".join(p["doc_id"] for p in e.get("passages", []))
         row["scores"] = ";".join(f"{p['score']:.4f}" for p in e.get("passages", []))
-        writer.writerow(row)
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     return buf.getvalue()
 
 

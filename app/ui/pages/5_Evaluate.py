@@ -158,7 +158,10 @@ if result is not None:
         col.pyplot(fig)
     rows = pd.DataFrame(result.rows)
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Download results (CSV)", rows.to_csv(index=False), "results.csv", "text/csv", key="dl_csv")
+    from app.audit import spreadsheet_safe
+
+    c1.download_button("Download results (CSV)", rows.map(spreadsheet_safe).to_csv(index=False), "results.csv",
+                       "text/csv", key="dl_csv")
     c2.download_button("Download results (JSON)",
                        json.dumps({"summary": summary, "rows": result.rows}, indent=2, default=str),
                        "results.json", "application/json", key="dl_json")
