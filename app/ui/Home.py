@@ -7,6 +7,7 @@ from app import feedback
 from app.ui import state
 
 st.set_page_config(page_title="Loracle", page_icon="🔮", layout="wide")
+state.keep_widgets()
 st.title("Loracle")
 st.markdown("Local question answering over **one base model** with a switchable **domain LoRA adapter** "
             "and switchable **retrieval** (RAG over your documents), so every question can be asked four ways: "

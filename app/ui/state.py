@@ -129,8 +129,13 @@ def adapter_picker(key: str, allow_off: bool = True, label: str = "Adapter", all
 def route_view(answer: Any) -> None:
     """Where adapter="auto" sent the question, and any fallback the engine made (disabled/failing adapter)."""
     if getattr(answer, "route", None):
-        target = answer.route["adapter"] or "no adapter (out of scope for every adapter)"
-        st.caption(f"routed to **{target}** (score {answer.route['score']:.2f})")
+        target = answer.route["adapter"]
+        if target:
+            st.caption(f"routed to **{target}** (score {answer.route['score']:.2f})")
+        else:
+            st.warning(f"No adapter covers this question (best match {answer.route['score']:.2f}): the base model "
+                       "answered on its own, and it knows little. Treat this answer, and any yes/no decision, with "
+                       "caution.")
     for note in getattr(answer, "notes", None) or []:
         st.warning(note)
 
@@ -176,6 +181,33 @@ def passage_view(passages: list[Any], cited: set[int] | None = None) -> None:
         with st.expander(title):
             st.caption(f"source: {meta.get('source', p.chunk.doc_id)} · chunk {p.chunk.chunk_id}")
             st.code(p.chunk.text, language=None, wrap_lines=True)
+
+
+KEPT_WIDGETS = (  # page settings a visit to another page must not reset
+    "ask_adapter", "ask_retrieval", "ask_k", "ask_tokens", "ask_decide", "ask_calibrate", "ask_index", "question",
+    "cmp_adapter", "cmp_index", "cmp_k", "cmp_tokens", "cmp_decide", "cmp_calibrate", "cmp_question",
+    "eval_source", "eval_modes", "eval_adapter", "eval_index", "eval_k", "eval_limit", "eval_decisions",
+    "eval_calibrate", "eval_few_shot", "eval_tokens")
+
+
+def keep_widgets() -> None:
+    """Call at the top of every page, before its widgets: the settings of every page (KEPT_WIDGETS) survive a
+    visit to another one. Streamlit forgets a widget's value when a run does not draw it, unless the value was
+    assigned through session_state in that run (its documented multipage pattern)."""
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+NOT_ADVICE = ("Answers come from a small language model and the documents indexed here: they can be wrong and "
+              "are not medical advice. Check them against the cited sources and ask a clinician.")
+
+
+def question_limit() -> int:
+    """The longest question the engine accepts (LORACLE_MAX_QUESTION_CHARS), for the question box."""
+    from ingest.safety import SafetyLimits
+
+    return SafetyLimits.from_env().max_question_chars
 
 
 def feedback_controls(answer: Any, key: str, compact: bool = False) -> None:

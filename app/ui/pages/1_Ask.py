@@ -8,8 +8,10 @@ import streamlit as st
 from app.ui import state
 
 st.set_page_config(page_title="Loracle · Ask", page_icon="💬", layout="wide")
+state.keep_widgets()
 st.title("Ask")
 st.caption("One base model; switch the domain adapter and retrieval independently. Nothing is reloaded when you switch.")
+st.caption(state.NOT_ADVICE)
 
 engine = state.engine_or_stop()
 history: list = st.session_state.setdefault("history", [])
@@ -35,7 +37,7 @@ if retrieval:
         st.warning("No index exists yet: upload documents on the Documents page, or turn retrieval off.")
 
 with st.form("ask_form", clear_on_submit=False):
-    question = st.text_area("Question", key="question", height=90,
+    question = st.text_area("Question", key="question", height=90, max_chars=state.question_limit(),
                             placeholder="e.g. Is there a role for vitamin D in preventing falls in the elderly?")
     submitted = st.form_submit_button("Ask", type="primary")
 
@@ -92,7 +94,7 @@ def answer_details(answer, n: int, show_text: bool) -> None:
         cited = {c.number for c in answer.citations if c.valid}
         st.markdown(f"**Passages** ({len(cited)} cited of {len(answer.passages)} retrieved)")
         state.passage_view(answer.passages, cited)
-    state.feedback_controls(answer, str(n))
+    state.feedback_controls(answer, getattr(answer, "answer_id", "") or f"ask-{id(answer)}")
 
 if history:
     latest = len(history) - 1
@@ -112,4 +114,5 @@ if history:
         if st.button("Clear history", key="clear_history"):
             history.clear()
             st.session_state.pop("last_answer", None)
+            st.session_state.pop("feedback_done", None)
             st.rerun()

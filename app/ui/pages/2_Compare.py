@@ -10,12 +10,14 @@ from app.types import MODES
 from app.ui import state
 
 st.set_page_config(page_title="Loracle · Compare", page_icon="🔀", layout="wide")
+state.keep_widgets()
 st.title("Compare the four modes")
 st.caption("base · LoRA · RAG · LoRA+RAG for one question, in one batched pass over the same base model.")
+st.caption(state.NOT_ADVICE)
 
 engine = state.engine_or_stop()
 
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 with c1:
     adapter = state.adapter_picker("cmp_adapter", allow_off=False, label="Adapter for the LoRA modes")
 with c2:
@@ -23,10 +25,15 @@ with c2:
 with c3:
     k = st.number_input("k", min_value=0, max_value=20, value=0, key="cmp_k",
                         help="0: the adapter's trained setting for lora+rag, the engine's default for rag")
+with c4:
+    max_tokens = st.number_input("Answer tokens", min_value=0, max_value=1024, value=0, step=32, key="cmp_tokens",
+                                 help="Longest answer in new tokens, for all four modes. 0: the adapter's trained "
+                                      f"setting for the lora modes, else the engine's default "
+                                      f"({engine.config.max_new_tokens})")
 decide, calibrate = state.decision_controls("cmp")
 
 with st.form("cmp_form"):
-    question = st.text_area("Question", key="cmp_question", height=80)
+    question = st.text_area("Question", key="cmp_question", height=80, max_chars=state.question_limit())
     submitted = st.form_submit_button("Compare", type="primary")
 
 if submitted:
@@ -42,7 +49,8 @@ if submitted:
             st.session_state["comparison"] = {
                 "question": question.strip(), "adapter": adapter, "index": index, "k": int(k),
                 "answers": engine.compare(question.strip(), adapter=adapter, index=state.index_arg(index),
-                                          k=int(k) or None, decide=decide, calibrate=calibrate, origin="ui"),
+                                          k=int(k) or None, decide=decide, calibrate=calibrate,
+                                          max_new_tokens=int(max_tokens) or None, origin="ui"),
                 "wall_s": time.perf_counter() - t0, "n": st.session_state.get("n_comparisons", 0) + 1,
             }
             st.session_state["n_comparisons"] = st.session_state["comparison"]["n"]
@@ -62,7 +70,7 @@ if comparison:
         rows.append({"mode": mode, "adapter": a.adapter or state.ADAPTER_OFF, "words": len(a.text.split()),
                      "decision": d.label if d else "-",
                      "P(yes/no/maybe)": " / ".join(f"{d.probs[o] * 100:.0f}%" for o in d.probs) if d and d.probs
-                     else "-", "passages": len(a.passages), "k": a.settings.get("k") if a.passages else "-",
+                     else "-", "passages": len(a.passages), "k": str(a.settings.get("k")) if a.passages else "-",
                      "cited": ", ".join(cited) or "-", "generation_s": round(a.timings.get("generation_s", 0.0), 2)})
     import pandas as pd
 
@@ -75,6 +83,7 @@ if comparison:
             if a is None:
                 st.info("not produced")
                 continue
+            state.route_view(a)  # its notes: cut at the token limit, index not built, adapter disabled, ...
             state.decision_view(a, compact=True)
             st.markdown(state.md_escape(a.text) if a.text else "_(empty answer)_")
             timings = {key: v for key, v in a.timings.items() if key != "tokens_per_s"}  # one batch for all four

@@ -12,6 +12,7 @@ from app.jobs import runner
 from app.ui import state
 
 st.set_page_config(page_title="Loracle · Documents", page_icon="📄", layout="wide")
+state.keep_widgets()
 st.title("Documents")
 st.caption("Upload files into a retrieval index: PDF, DOCX, HTML, Markdown, text, XML. Several at once.")
 

@@ -18,6 +18,7 @@ from app.ui import state
 from app.ui.settings import save_settings, settings_path
 
 st.set_page_config(page_title="Loracle · Adapters", page_icon="🧩", layout="wide")
+state.keep_widgets()
 st.title("Adapters")
 st.caption("LoRA adapters over the one base model. Training runs in the background; questions keep being answered.")
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.config import EvalConfig
 from app.jobs import runner
 from app.evaluate import EVAL_MODES, FEWSHOT, TOP1
 from app.types import MODES
 from app.ui import state
 
 st.set_page_config(page_title="Loracle · Evaluate", page_icon="📊", layout="wide")
+state.keep_widgets()
 st.title("Evaluate")
 st.caption("Run a question set through the modes you pick; compare accuracy, retrieval recall and latency.")
 
@@ -50,13 +52,16 @@ with st.form("eval_form"):
     k = c3.number_input("k (0 = adapter's)", 0, 20, 0, key="eval_k",
                         help="0: the adapter's trained setting for lora+rag, the engine's default for rag")
     limit = c4.number_input("Questions (0 = all)", 0, 100000, 10, key="eval_limit")
-    d1, d2, d3 = st.columns(3)
+    d1, d2, d3, d4 = st.columns(4)
     decisions = d1.selectbox("Decisions", ["scored", "free", "both"], key="eval_decisions",
                              help="scored: option log-likelihoods; free: read from generated text; both: run both")
     calibrate = d2.toggle("Calibrated", value=True, key="eval_calibrate",
                           help="apply stored offsets (the table shows the uncalibrated figures too)")
     few_shot = d3.number_input("Few-shot examples (0 = off)", 0, 8, 0, key="eval_few_shot",
                                help="adds the 'fewshot' mode: base model with N labelled examples in the prompt")
+    max_tokens = d4.number_input("Answer tokens", 1, 1024, EvalConfig.max_new_tokens, key="eval_tokens",
+                                 help=f"longest answer in new tokens ({EvalConfig.max_new_tokens}, as `loracle eval`): "
+                                      "a decision and a sentence. Scored decisions need only 1")
     shots_upload = st.file_uploader("Few-shot examples from (labelled QA JSONL, never the evaluated set)",
                                     type=["jsonl"], key="eval_shots")
     submitted = st.form_submit_button("Run evaluation", type="primary")
@@ -72,7 +77,7 @@ def start(path: Path, limit: int, tmp: Path | None, shots_path: Path | None):
             run_modes = list(modes) + ([FEWSHOT] if shots and FEWSHOT not in modes else [])
             report(0.0, f"{len(items)} questions x {len(run_modes)} modes")
             return evaluate(engine, items, modes=run_modes, adapter=adapter, index=state.index_arg(index),
-                            k=int(k) or None,
+                            k=int(k) or None, max_new_tokens=int(max_tokens),
                             progress=lambda done, total: report.steps(done, total, f"{done}/{total} answers"),
                             data_path=str(path), decisions=decisions, calibrate=calibrate, few_shot=shots)
         finally:

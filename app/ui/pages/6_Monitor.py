@@ -5,8 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app.audit import AuditLog
+from app.ui import state
 
 st.set_page_config(page_title="Loracle · Monitor", page_icon="📈", layout="wide")
+state.keep_widgets()
 st.title("Monitor")
 st.caption("Every answer given (web UI, CLI, API, evaluation) is recorded in the audit log; this page reads it.")
 
