@@ -30,9 +30,11 @@ def incomparable(evals: dict, parent: int, child: int) -> str | None:
     decision method or calibration), e.g. "max_new_tokens 48 vs 1"; None when they can."""
     a = (evals.get(f"v{parent}") or {}).get("run") or {}
     b = (evals.get(f"v{child}") or {}).get("run") or {}
-    parsed = {a.get("decisions"), b.get("decisions")} & {"free", "both"}
+    # scored decisions come from the prefill, whatever the budget; a run that does not say how it decided
+    # (recorded before scoring existed) may have parsed them from its text, so its budget counts
+    parsed = {a.get("decisions"), b.get("decisions")} & {"free", "both", None}
     for key in COMPARABLE_RUN:
-        if key == "max_new_tokens" and not parsed:  # scored decisions come from the prefill, whatever the budget
+        if key == "max_new_tokens" and not parsed:
             continue
         if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]:
             shown = "another question set" if key == "data_sha256" else f"{key} {a[key]} vs {b[key]}"

@@ -123,8 +123,10 @@ def test_lineage_graph_has_versions_and_eval_deltas(three_versions):
     assert lineage.eval_deltas(evals, 1, 2) == {} and lineage.incomparable(evals, 1, 2) == "max_new_tokens 48 vs 1"
     evals["v2"]["run"]["max_new_tokens"] = 48
     assert lineage.eval_deltas(evals, 1, 2) == {"lora macro_f1": 0.2} and lineage.incomparable(evals, 1, 2) is None
-    scored = {v: {**e, "run": {"max_new_tokens": n}} for (v, e), n in zip(evals.items(), (48, 1))}
+    scored = {v: {**e, "run": {"max_new_tokens": n, "decisions": "scored"}} for (v, e), n in zip(evals.items(), (48, 1))}
     assert lineage.incomparable(scored, 1, 2) is None  # scored decisions come from the prefill: budget irrelevant
+    older = {**scored, "v1": {**scored["v1"], "run": {"max_new_tokens": 48}}}  # recorded before runs said how
+    assert lineage.incomparable(older, 1, 2) == "max_new_tokens 48 vs 1"
     scored["v2"]["run"]["data_sha256"], scored["v1"]["run"]["data_sha256"] = "aa", "bb"
     assert lineage.incomparable(scored, 1, 2) == "another question set"
     assert lineage.edge_label({"rollback": False, "deltas": {}, "incomparable": "another question set"}) == \

@@ -105,6 +105,11 @@ else:
             st.info("No evaluation recorded yet: run one on the Evaluate page.")
         for version, summary in info.card.evals.items():
             st.markdown(f"**{version}**")
+            run = summary.get("run") or {}
+            how = ", ".join(f"{key} {run[key]}" for key in ("n_items", "decisions", "max_new_tokens", "calibrate", "k",
+                                                            "index") if run.get(key) is not None)
+            st.caption(f"run: {how or 'settings not recorded'}; versions compare only where these match "
+                       "(the Lineage tab says when they do not)")
             st.dataframe(pd.DataFrame({m: v for m, v in summary.items() if m in MODES}).T, width="stretch")
     with lineage_tab:
         from app.lineage import lineage, to_dot
