@@ -371,9 +371,13 @@ def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None,
     from app import registry
 
     label = adapter or summary.get("adapter")
-    if not label or "@v" not in label or summary.get("adapter") not in (None, label):
-        raise ValueError(f"--save-to-card needs the registry adapter evaluated in lora or lora+rag mode "
-                         f"(summary has {summary.get('adapter')!r}, asked for {adapter!r})")
+    lora_modes = [m for m in summary.get("metrics", {}) if m.startswith("lora")]
+    if not lora_modes or not label or "@v" not in label or summary.get("adapter") not in (None, label):
+        ran = ", ".join(summary.get("metrics", {})) or "no modes"
+        raise ValueError(f"only an evaluation of a registry adapter in lora or lora+rag mode can be recorded in its "
+                         f"card; this one ran {ran} with adapter {summary.get('adapter') or 'none'}"
+                         + (f" (asked to record it for {adapter})" if adapter and adapter != summary.get("adapter")
+                            else ""))
     name = label.split("@", 1)[0]
     check_card_record(registry.get(name, root), label, summary.get("n_items") or 0, summary.get("data_sha256"),
                       list(summary.get("metrics", {})), replace)

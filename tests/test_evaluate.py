@@ -218,6 +218,11 @@ def test_card_update_under_the_evaluated_version(registry_root, tiny_model_dir):
         save_to_card(summary, root=registry_root)  # v1's numbers never land on v2
     kept = json.loads((registry_root / "med" / "card.json").read_text())["evals"]
     assert kept["v1"]["lora"]["accuracy"] == round(2 / 3, 4) and "v2" not in kept
+    rag_only = summarize(rows_for("rag", ["Yes.", "No.", "No."]), {"modes": ["rag"], "adapter": "med@v2",
+                                                                     "n_items": 3})
+    with pytest.raises(ValueError, match="only an evaluation of a registry adapter in lora or lora\\+rag mode can be "
+                                         "recorded in its card; this one ran rag with adapter med@v2"):
+        save_to_card(rag_only, root=registry_root)
 
 
 def test_a_smaller_evaluation_does_not_silently_replace_the_stored_one(tiny_model_dir, tmp_path):

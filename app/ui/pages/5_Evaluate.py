@@ -171,7 +171,7 @@ if result is not None:
                        json.dumps({"summary": summary, "rows": result.rows}, indent=2, default=str),
                        "results.json", "application/json", key="dl_json")
     lora_adapter = summary.get("adapter")
-    if lora_adapter:
+    if lora_adapter and "@v" in lora_adapter and any(m.startswith("lora") for m in summary["metrics"]):
         replace = c3.checkbox("Replace the stored evaluation", key="eval_record_replace",
                               help="Needed when the card already holds an evaluation with more questions, "
                                    "other modes or another question set, which this one would replace.")
