@@ -77,7 +77,8 @@ def verdict(rows: list[dict], summary: dict, n_resamples: int | None = None) -> 
         return {"metric": metric, "best": None, "comparisons": [], "recommended": None,
                 "text": "No verdict: the set has neither decisions nor reference answers to score."}
     values = {m: _value(list(s.values()), metric) for m, s in per_mode.items()}
-    best = max(values, key=lambda m: (round(values[m], 6), -_cost(summary, m)[0]))
+    # a tie goes to the mode that costs least: fewer prompt tokens, then less time
+    best = max(values, key=lambda m: (round(values[m], 6), -_cost(summary, m)[1], -_cost(summary, m)[0]))
     n = n_resamples or summary.get("n_resamples", 1000)
     comparisons = []
     for other in (m for m in per_mode if m != best):
@@ -109,9 +110,16 @@ def _text(metric, best, values, comparisons, recommended, summary, n) -> str:
     total = summary.get("n_items") or n
     which = f"On the {n} of {total} questions with a gold answer" if n < total else \
         f"On these {n} question{'s' if n != 1 else ''}"
-    out = [f"{which}, **{best}** scores best by {name} ({values[best]:.3f}"
-           + (f", accuracy {acc * 100:.0f}%" if acc is not None else "")
-           + f"; {lat:.2f} s and {tok:.0f} prompt tokens per answer)."]
+    tied = [m for m in values if m != best and round(values[m], 6) == round(values[best], 6)]
+    if len(values) == 1:
+        claim = f"**{best}**, the only mode evaluated, scores"
+    elif tied:
+        claim = f"**{best}** ties with {', '.join(tied)} for the best"
+    else:
+        claim = f"**{best}** scores best by"
+    figures = (f"{name} ({values[best]:.3f}" + (f", accuracy {acc * 100:.0f}%" if acc is not None else "")
+               + f"; {lat:.2f} s and {tok:.0f} prompt tokens per answer)")
+    out = [f"{which}, {claim} {figures}" + (", and costs least of them." if tied else ".")]
     for c in comparisons:
         sig = "significant" if c["significant"] else \
             "not significant" if c["n"] >= MIN_QUESTIONS else "too few questions to test"

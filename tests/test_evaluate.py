@@ -387,6 +387,19 @@ def test_verdict_names_a_significant_winner():
     assert "**rag** scores best by macro-F1" in v["text"]
 
 
+def test_verdict_says_tie_and_only_mode():
+    from app.verdict import verdict
+
+    golds = ["yes", "no", "yes"]
+    rows = (_verdict_rows("lora+rag", golds, 3.0, 500) + _verdict_rows("base", golds, 0.5, 60)
+            + _verdict_rows("lora", golds, 0.6, 60))
+    v = verdict(rows, summarize(rows, {"modes": ["base", "lora", "lora+rag"], "k": 3}))
+    assert v["best"] == "base"  # equal scores: the one with the fewest prompt tokens, then the fastest
+    assert "**base** ties with lora, lora+rag for the best macro-F1" in v["text"] and "costs least of them" in v["text"]
+    one = _verdict_rows("rag", golds, 1.0, 300)
+    assert "**rag**, the only mode evaluated, scores macro-F1" in verdict(one, summarize(one, {"modes": ["rag"]}))["text"]
+
+
 def test_verdict_does_not_call_a_mode_cheaper_on_latency_noise():
     """base and lora read the same prompt: a few percent less wall time (a shared CPU) does not make the
     worse-scoring one "enough"; more questions are needed instead."""
