@@ -472,6 +472,7 @@ def test_adapters_oversight_lineage_and_bias_probe(ui_env, tmp_path):
         assert at.warning and "disabled" in at.warning[0].value
         assert list(at.dataframe[0].value.set_index("name")["status"][[name]]) == ["disabled"]
         assert at.button(key="ovs_toggle").label == "Enable"
+        assert at.text_input(key="ovs_reason").value == ""  # the next change needs its own reason
         at.text_input(key="ovs_reason").input("checked again: fine")
         at.button(key="ovs_toggle").click()
         at.run()

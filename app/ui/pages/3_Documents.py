@@ -47,7 +47,7 @@ def doc_row(d: dict, sizes: dict[str, int]) -> dict:
 
 
 with st.expander("Create a new index"):
-    with st.form("create_index"):
+    with st.form("create_index", enter_to_submit=False):
         new_name = st.text_input("Index name", key="new_index_name", placeholder="e.g. my-papers")
         from ingest.config import ChunkConfig
 

@@ -156,6 +156,8 @@ else:
     from app.audit import current_user as default_who
 
     r1, r2 = st.columns([3, 1])
+    if st.session_state.pop("ovs_done", False):  # a reason is for one change: the next one needs its own
+        st.session_state["ovs_reason"] = ""
     reason = r1.text_input("Reason (required)", key="ovs_reason", placeholder="e.g. v3 gives wrong dosing answers")
     who = r2.text_input("Who", value=default_who(), key="ovs_who")
     earlier = [v.version for v in registry.versions(chosen) if v.version != info.version]
@@ -174,6 +176,7 @@ else:
 
         AuditLog().event(kind, chosen, who.strip() or default_who(), reason.strip(), detail)
         st.session_state["oversight_note"] = message
+        st.session_state["ovs_done"] = True
         st.rerun()
 
     if rollback_clicked or toggle_clicked:
@@ -193,7 +196,7 @@ else:
 
 st.divider()
 st.subheader("Train a new adapter")
-with st.form("train_form"):
+with st.form("train_form", enter_to_submit=False):
     source = st.radio("Training data", ["Upload QA JSONL", "Retrieval-aware from the current index"],
                       key="train_source", horizontal=True)
     upload = st.file_uploader("QA JSONL ({id, question, long_answer, final_decision?, context_doc_id?} per line)",
@@ -287,7 +290,7 @@ if job_id:
 st.subheader("Merge adapters")
 st.caption("Seeds of one recipe, merged into one adapter: the weighted sum of their LoRA weight changes (PEFT's "
            "cat merge), served at one adapter's cost. The sources must share base model, layers and answer settings.")
-with st.form("merge_form"):
+with st.form("merge_form", enter_to_submit=False):
     m1, m2 = st.columns([3, 1])
     sources = m1.multiselect("Adapters to merge (equal weights)", [a.name for a in infos], key="merge_sources")
     merged_name = m2.text_input("Merged adapter name", key="merge_name", placeholder="e.g. medical-ensemble")
