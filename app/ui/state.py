@@ -63,8 +63,9 @@ def engine_or_stop():
 
 @contextmanager
 def friendly_errors(action: str) -> Iterator[None]:
-    """Show any failure inside the block as one readable st.error line, never a traceback; the traceback
-    goes to the "loracle.ui" log (the server's terminal), so the cause is not lost."""
+    """Show any failure inside the block as one readable st.error line, never a traceback. The input errors
+    the code raises on purpose (ValueError, FileNotFoundError: they name the value and the fix) are logged as
+    one line; anything else goes to the "loracle.ui" log with its traceback, so the cause is not lost."""
     from app.scheduler import Busy
 
     try:
@@ -72,8 +73,11 @@ def friendly_errors(action: str) -> Iterator[None]:
     except Busy as exc:  # the shared queue is full: not a failure of this request
         st.warning(f"The engine is busy answering other users. Try again in about {exc.retry_after:.0f} s.")
     except Exception as exc:  # noqa: BLE001
-        log.exception("%s failed", action)
         message = str(exc) or type(exc).__name__
+        if isinstance(exc, (ValueError, FileNotFoundError)):
+            log.info("%s refused: %s", action, message)
+        else:
+            log.exception("%s failed", action)
         st.error(f"{action} failed: {message}")
 
 
