@@ -310,13 +310,19 @@ class Engine:
         requests = [replace(r, question=clean_question(r.question),  # length, control chars
                             retrieval=r.retrieval or r.passages is not None) for r in requests]
         routes = self._routes(requests)
+        off = sorted(n for n, why in self.router().skipped.items() if why == "disabled") if routes else []
         for i, r in enumerate(requests):
+            notes = []
             if i in routes:  # adapter="auto": the closest adapter, or none (base model) when none is close
                 r = replace(r, adapter=routes[i].adapter)
+                if off:  # the closest one may be among them: say so rather than answer as if none existed
+                    notes.append(f"routed among the adapters in service: {', '.join(off)} "
+                                 f"{'is' if len(off) == 1 else 'are'} disabled and {'was' if len(off) == 1 else 'were'}"
+                                 f" not considered")
             adapter, note = self._adapter_for(r.adapter)
             card_tokens = (adapter.settings.get("max_new_tokens") if adapter else None)
             p = _Prepared(r, adapter, max_new_tokens=r.max_new_tokens or card_tokens or self.config.max_new_tokens,
-                          settings=self._settings(r, adapter), route=routes.get(i), notes=[note] if note else [])
+                          settings=self._settings(r, adapter), route=routes.get(i), notes=notes + ([note] if note else []))
             if r.passages is not None:  # given, not searched: no index was used
                 p.passages, p.settings["index"] = list(r.passages), None
                 p.settings["source"]["index"] = "request (passages given)"

@@ -131,6 +131,13 @@ def test_ask_auto_routes_per_question_and_says_where(ui_env):
     assert any("No adapter covers this question" in w.value for w in at.warning)  # not a quiet caption
     row = engine.audit.answers()[-1]  # the audit log has the routed answer, flagged out of scope
     assert row["id"] == a.answer_id and row["out_of_scope"] == 1 and row["entry_point"] == "ui"
+    registry.disable(ADAPTER, engine.root, reason="review", who="test")
+    try:  # its own question now goes elsewhere (here: nowhere), and the answer says why
+        a = ask(at, "Does aspirin lower the risk of a heart attack?", "auto (route per question)", False)
+        assert a.mode == "base" and any(f"{ADAPTER} is disabled and was not considered" in n for n in a.notes)
+        assert any("was not considered" in w.value for w in at.warning)
+    finally:
+        registry.enable(ADAPTER, engine.root, who="test")
 
 
 def test_feedback_is_logged_with_mode_adapter_and_passages(ui_env):
