@@ -45,7 +45,7 @@ def check_exposure(host: str, api_key: str | None) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = (args.api_key or os.environ.get(API_KEY_ENV) or "").strip() or None  # a blank key is no key
     check_exposure(args.host, api_key)
     import uvicorn
 

@@ -341,10 +341,12 @@ class Engine:
         room = getattr(self.backend, "prompt_room", None)
         n, limit = room(p.messages) if room else (0, None)
         if limit and n + p.max_new_tokens > limit:
-            k = len(p.passages or [])
-            raise ValueError(f"the prompt is {n:,} tokens ({k} passage(s)) and the answer may take {p.max_new_tokens} "
-                             f"more, over the model's context of {limit:,} tokens; use fewer or shorter passages "
-                             "(k, passage_chars), a shorter question or fewer answer tokens")
+            k, turns = len(p.passages or []), len(p.request.examples or [])
+            fixes = (["fewer or shorter passages (k, passage_chars)"] if k else []) + \
+                (["fewer earlier turns"] if turns else []) + ["a shorter question", "fewer answer tokens"]
+            raise ValueError(f"the prompt is {n:,} tokens ({k} passage(s), {turns} earlier turn(s)) and the answer may "
+                             f"take {p.max_new_tokens} more, over the model's context of {limit:,} tokens; use "
+                             + ", ".join(fixes[:-1]) + " or " + fixes[-1])
 
     # --- generation -----------------------------------------------------------------------------
     @staticmethod
@@ -382,7 +384,7 @@ class Engine:
         if p.max_new_tokens < 16 or gen.new_tokens < p.max_new_tokens or getattr(gen, "cancelled", False):
             return []
         return [f"the answer stopped at its limit of {p.max_new_tokens} new tokens and may be cut short; allow "
-                "more with the Ask page's 'Answer tokens', --max-new-tokens or LORACLE_MAX_NEW_TOKENS"]
+                "more ('Answer tokens' in the web UI, max_tokens in the API, --max-new-tokens in the CLI)"]
 
     def _record(self, p: _Prepared, answer: Answer) -> None:
         """Audit log row; a failing log never fails the answer (the failure goes to the "loracle.engine" log)."""

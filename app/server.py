@@ -74,7 +74,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=1)
-    k: int | None = Field(None, ge=1, le=50)
+    k: int | None = Field(None, ge=1, le=50, strict=True)  # true is not k=1
     index: str | None = None
     decide: bool | None = None
     passage_chars: int | None = Field(None, ge=1, le=100_000)

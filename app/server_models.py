@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from app.engine import AUTO, AdapterUnavailable
+from ingest.folders import is_index_name
 from app.scheduler import Busy
 
 
@@ -156,8 +157,8 @@ def resolve_model(engine, model_id: str, index: str | None = None) -> Target:
 
             registry.get_spec(adapter, engine.root)
             fix = f"or restart with `loracle serve --adapters {adapter}`"
-        except (FileNotFoundError, ValueError) as exc:  # not in the registry either: say so, not "restart"
-            fix = f"the registry has no such adapter ({' '.join(str(exc).split())})"
+        except (FileNotFoundError, ValueError):  # not in the registry either: say so, not "restart" or "train"
+            fix = "the server's registry has no adapter of that name either"
         raise not_found(f"model '{model_id}': no adapter '{adapter}' is loaded on this server (serving: {known}); "
                         f"pick one from GET /v1/models, {fix}")
     if in_id and index and in_id != index:
@@ -167,6 +168,9 @@ def resolve_model(engine, model_id: str, index: str | None = None) -> Target:
     if wanted and not retrieval:
         raise ApiError(400, f"index '{wanted}' applies only to retrieval models: use model '{model_id}+rag'",
                        param="index")
+    if wanted and not is_index_name(wanted):
+        raise ApiError(400, f"index '{wanted}' is not an index name: letters, digits, '.', '_' or '-' (see GET "
+                       f"/v1/models for the indexes this server has)", param="model" if in_id else "index")
     if wanted and wanted not in available_indexes(engine):
         which = "model" if in_id else "index"
         raise ApiError(404, f"no index '{wanted}' on this server (indexes: "

@@ -20,6 +20,11 @@ class IndexLockedError(RuntimeError):
     """Another process holds the index's writer lock."""
 
 
+def is_index_name(name: str) -> bool:
+    """A bare index name (what lives under indexes_dir()): letters, digits, '.', '_' or '-'."""
+    return bool(_NAME.match(name))
+
+
 def index_path(name_or_path: str | Path) -> Path:
     """A bare name lives under indexes_dir(); anything with a path separator is a folder path."""
     s = str(name_or_path)

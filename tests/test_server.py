@@ -180,9 +180,10 @@ def _error(exc_info) -> dict:
 
 
 def test_unknown_models_and_indexes_are_404(served):
+    import httpx
     import openai
 
-    for model, needle in (("nope", "the registry has no such adapter"), ("nope+rag", "no adapter 'nope'"),
+    for model, needle in (("nope", "registry has no adapter of that name either"), ("nope+rag", "no adapter 'nope'"),
                           ("base+rag:missing", "no index 'missing'"), ("base+foo", "MODEL+rag")):
         with pytest.raises(openai.NotFoundError) as e:
             _chat(served, model)
@@ -191,6 +192,13 @@ def test_unknown_models_and_indexes_are_404(served):
     assert err["code"] == "model_not_found" and err["type"] == "invalid_request_error"
     with pytest.raises(openai.NotFoundError):
         client(served.port).models.retrieve("nope")
+    for model, needle in (("base+rag:../../tmp", "is not an index name"), ):
+        with pytest.raises(openai.BadRequestError) as e:
+            _chat(served, model)
+        assert needle in _error(e)["message"] and "loracle train" not in _error(e)["message"]
+    r = httpx.post(served.url + "/v1/chat/completions", timeout=60,
+                   json={"model": "base+rag", "k": True, "messages": [{"role": "user", "content": "Is it?"}]})
+    assert r.status_code == 400 and "k" in r.json()["error"]["message"]  # true is not k=1
 
 
 def test_bad_requests_are_400_in_openai_shape(served):
@@ -379,6 +387,9 @@ def test_serve_refuses_a_public_host_without_a_key(monkeypatch, capsys):
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "refusing to listen on 0.0.0.0 without an API key" in err and "--api-key" in err
+    monkeypatch.setenv("LORACLE_API_KEY", "  ")  # a blank key could never be matched: it is no key
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "without an API key" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 
