@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+class JobCancelled(Exception):
+    """Raised inside a job at its next progress report after `JobRunner.cancel`."""
+
+
 @dataclass
 class Job:
     id: str
     kind: str  # "ingest" | "train" | "evaluate" | anything
     title: str
     targets: tuple[str, ...] = ()  # what the job writes (index or adapter names), so it is not started twice
-    status: str = "queued"  # -> "running" -> "done" | "failed"
+    status: str = "queued"  # -> "running" -> "done" | "failed" | "cancelled"
     progress: float = 0.0  # 0..1
     message: str = ""
     metrics: list[dict[str, Any]] = field(default_factory=list)  # e.g. {"step": 3, "loss": 1.2}
@@ -32,6 +36,7 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    cancel_requested: bool = False
 
     @property
     def active(self) -> bool:
@@ -45,12 +50,16 @@ class Job:
 
 
 class Reporter:
-    """Handed to the job function: `report(progress, message, **metric)`; metrics are appended."""
+    """Handed to the job function: `report(progress, message, **metric)`; metrics are appended. A report after
+    `JobRunner.cancel` raises JobCancelled, so a job stops at its next step (training and evaluation install or
+    write nothing unless they finish)."""
 
     def __init__(self, job: Job, lock: threading.Lock):
         self._job, self._lock = job, lock
 
     def __call__(self, progress: float | None = None, message: str | None = None, **metric: Any) -> None:
+        if self._job.cancel_requested:
+            raise JobCancelled(f"{self._job.title}: cancelled")
         with self._lock:
             if progress is not None:
                 self._job.progress = min(1.0, max(0.0, float(progress)))
@@ -87,6 +96,10 @@ class JobRunner:
             job.status, job.started = "running", time.time()
         try:
             result = fn(Reporter(job, self._lock))
+        except JobCancelled:
+            with self._lock:
+                job.status, job.error, job.finished = "cancelled", "cancelled before it finished", time.time()
+            return
         except BaseException as exc:  # noqa: BLE001 - a job must never kill the server thread silently
             with self._lock:
                 job.status = "failed"
@@ -102,6 +115,14 @@ class JobRunner:
         for old in sorted(finished, key=lambda j: j.created)[: max(0, len(self._jobs) - self._max_history)]:
             self._jobs.pop(old.id, None)
             self._threads.pop(old.id, None)
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a job to stop: it ends, as "cancelled", at its next progress report."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.active:
+                job.cancel_requested = True
+        return job
 
     def get(self, job_id: str) -> Job:
         try:

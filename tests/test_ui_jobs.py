@@ -54,6 +54,27 @@ def test_failed_job_keeps_a_readable_error_and_the_runner_survives():
         jobs.get("nope")
 
 
+def test_a_cancelled_job_stops_at_its_next_report():
+    jobs = JobRunner()
+    started, reached = threading.Event(), []
+
+    def work(report):
+        for step in range(1, 1000):
+            report.steps(step, 1000, f"step {step}")
+            reached.append(step)
+            started.set()
+            threading.Event().wait(0.01)
+        return "finished"
+
+    job = jobs.submit("evaluate", "long", work)
+    assert started.wait(5)
+    jobs.cancel(job.id)
+    done = jobs.wait(job.id, timeout=5)
+    assert (done.status, done.result, done.error) == ("cancelled", None, "cancelled before it finished")
+    assert not done.active and len(reached) < 999
+    assert jobs.cancel(job.id).status == "cancelled"  # cancelling an ended job changes nothing
+
+
 def test_runner_is_one_per_process_and_trims_old_finished_jobs():
     assert runner() is runner()
     jobs = JobRunner(max_history=3)
@@ -134,6 +155,13 @@ def test_friendly_errors_shows_one_line_and_logs_the_traceback(caplog):
     record = caplog.records[-1]
     assert record.name == "loracle.ui" and record.getMessage() == "Saving the default adapter failed"
     assert record.exc_info and record.exc_info[0] is KeyError
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="loracle.ui"):
+        with friendly_errors("Creating the index"):  # an input error: one line, no traceback, not an ERROR
+            raise ValueError("index name 'a b' is not valid")
+    (record,) = [r for r in caplog.records if r.name == "loracle.ui"]
+    assert record.levelno == logging.INFO and not record.exc_info
+    assert record.getMessage() == "Creating the index refused: index name 'a b' is not valid"
 
 
 def test_seeded_training_progress_is_split_into_one_loss_line_per_seed():

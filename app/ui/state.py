@@ -312,9 +312,13 @@ def loss_frame(metrics: list[dict]):
     return frame.pivot_table(index="step", columns="series", values="loss", aggfunc="last")
 
 
-def follow_job(job: Job, poll_s: float = 0.3, loss_chart: bool = False) -> Job:
+def follow_job(job: Job, poll_s: float = 0.3, loss_chart: bool = False, cancellable: bool = False) -> Job:
     """Show a job's progress live until it ends. The job runs in its own thread: leaving the
-    page stops only this display, the work goes on and the page re-attaches when you come back."""
+    page stops only this display, the work goes on and the page re-attaches when you come back.
+    With `cancellable`, a Cancel button stops it at its next step."""
+    if cancellable and job.active and st.button("Cancel", key=f"cancel_{job.id}", help="Stop this job at its next "
+                                                "step; nothing it would have installed or written is kept"):
+        runner().cancel(job.id)
     bar = st.progress(job.progress, text=f"{job.title}: {job.message or job.status}")
     chart = st.empty() if loss_chart else None
     shown = -1
@@ -331,6 +335,8 @@ def follow_job(job: Job, poll_s: float = 0.3, loss_chart: bool = False) -> Job:
         time.sleep(poll_s)
     if current.status == "failed":
         st.error(f"{current.title} failed: {current.error}")
+    elif current.status == "cancelled":
+        st.warning(f"{current.title} was cancelled.")
     return current
 
 

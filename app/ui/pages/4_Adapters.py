@@ -278,7 +278,7 @@ if other is not None and other.id != job_id:
     job_id = other.id
 if job_id:
     try:
-        job = state.follow_job(runner().get(job_id), loss_chart=True)
+        job = state.follow_job(runner().get(job_id), loss_chart=True, cancellable=True)
     except KeyError:
         job = None
     if job is not None and job.status == "done" and job.result is not None:

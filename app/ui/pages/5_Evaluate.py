@@ -135,7 +135,7 @@ if other is not None and other.id != job_id:
 result = None
 if job_id:
     try:
-        job = state.follow_job(runner().get(job_id))
+        job = state.follow_job(runner().get(job_id), cancellable=True)
         result = job.result if job.status == "done" else None
     except KeyError:
         pass
