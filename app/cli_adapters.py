@@ -57,11 +57,13 @@ def _run_list(args: argparse.Namespace) -> int:
     if not good and not bad:
         print(f"no adapters in {registry.root_dir(args.root)}; train one with `loracle train`")
     if good:
-        print(f"{'adapter':32} {'base model':40} evaluation stored for this version (accuracy / macro-F1 per mode)")
+        print(f"{'adapter':32} {'base model':40} evaluation stored for this version (accuracy / macro-F1 per mode, "
+              f"else ROUGE-L)")
     for a in good:
         evals = a.card.evals.get(f"v{a.version}") or {}
-        score = " ".join(f"{m} {_fig(v.get('accuracy'))}/{_fig(v.get('macro_f1'))}" for m, v in evals.items()
-                         if isinstance(v, dict) and "accuracy" in v)
+        score = " ".join(f"{m} {_fig(v.get('accuracy'))}/{_fig(v.get('macro_f1'))}" if "accuracy" in v else
+                         f"{m} ROUGE-L {_fig(v.get('rouge_l'))}" for m, v in evals.items()
+                         if isinstance(v, dict) and ("accuracy" in v or "rouge_l" in v))
         print(f"{a.label:32} {a.base_model:40} {score or '–'}")
     for p, r in bad:
         print(f"INVALID {p.name}: {r}", file=sys.stderr)

@@ -194,7 +194,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key and scope["path"].startswith("/v1"):
+        if self.api_key and (scope["path"].startswith("/v1") or scope["path"] == "/openapi.json"):
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
                 return await self._reject(send, ApiError(
@@ -237,8 +237,10 @@ class _Guard:
 def make_app(engine, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
              max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> FastAPI:
     """The FastAPI app serving `engine`; run it with uvicorn (`loracle serve` does)."""
+    # no /docs or /redoc: their pages load Swagger from a CDN, which an offline machine cannot reach; the
+    # schema stays at /openapi.json, behind the API key like /v1
     app = FastAPI(title="Loracle", summary="OpenAI-compatible API: base model, LoRA adapters, retrieval",
-                  version="1")
+                  version="1", docs_url=None, redoc_url=None)
     app.state.engine = engine
 
     @app.exception_handler(ApiError)

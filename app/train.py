@@ -368,7 +368,8 @@ def _install(model, info, card: dict, config: TrainConfig, root: Path, questions
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".train-{config.name}.", dir=root))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        # the base vocabulary is never resized here: no full embedding layers to save (and no hub lookup)
+        model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
         # the routing summary (adapter="auto") ships inside the version it describes
         routing.build_summary(staging, questions, source=data_reference(config.data)["path"])
         return registry.install(staging, config.name, card, root)

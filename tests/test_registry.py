@@ -166,9 +166,11 @@ def test_cli_adapters_list_show_remove(peft_folder, tiny_model_dir, tmp_path, ca
     registry.install(staged(peft_folder, tmp_path, "2"), "med", card_for(tiny_model_dir), root)
     (root / "broken").mkdir()
     (root / "broken" / "adapter_model.bin").write_bytes(b"x")
+    registry.record_eval("med", {"lora": {"rouge_l": 0.214}}, root)  # free-text evaluation: no accuracy
     assert main(["adapters", "list", "--root", str(root)]) == 0
     out = capsys.readouterr()
     assert "med@v2" in out.out and "INVALID broken" in out.err and "pickle" in out.err
+    assert "lora ROUGE-L 0.21" in out.out
     assert out.out.startswith("adapter ") and "accuracy / macro-F1" in out.out
     assert main(["adapters", "show", "med", "--root", str(root), "--json"]) == 0
     shown = _json.loads(capsys.readouterr().out)

@@ -256,6 +256,11 @@ def test_api_key(served):
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert "base" in {m.id for m in client(port, key="s3cret").models.list()}
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=60).json()["status"] == "ok"
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/openapi.json", timeout=60).status_code == 401  # the schema is behind the key too
+        schema = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer s3cret"}, timeout=60).json()
+        assert "/v1/chat/completions" in schema["paths"]
+        assert httpx.get(url + "/docs", timeout=60).status_code == 404  # Swagger's page needs a CDN: not served
 
 
 def test_busy_engine_is_503_with_retry_after(served, monkeypatch):
