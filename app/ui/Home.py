@@ -24,9 +24,9 @@ c6.page_link("pages/6_Monitor.py", label="Monitor", icon=":material/monitoring:"
 st.subheader("Status")
 engine = state.engine_or_stop()
 info = engine.info
-m1, m2, m3 = st.columns(3)
+m1, m2, m3 = st.columns([2, 1, 1])  # the base model's name needs the room
 base_name = str(getattr(info, "name", "?"))
-m1.metric("Base model", base_name.rsplit("/", 1)[-1], help=base_name)  # the short name fits the tile
+m1.metric("Base model", base_name.rsplit("/", 1)[-1], help=base_name)
 m2.metric("Adapters registered", len(state.adapters()))
 m3.metric("Indexes", len(state.indexes()))
 st.caption(f"Default adapter: {state.default_adapter_name() or 'none'} · loaded: "

@@ -48,8 +48,8 @@ else:
     m2.metric("Latency p50", secs(lat["p50"]))
     m3.metric("Latency p95", secs(lat["p95"]))
     rated = fb["up"] + fb["down"]
-    m4.metric("Rated good", pct(fb["approval"]), delta=f"{rated} of {stats['total']} answers rated", delta_color="off",
-              help=f"{fb['up']} up, {fb['down']} down of {stats['total']} answers")
+    m4.metric("Rated good", pct(fb["approval"]), help=f"{fb['up']} up, {fb['down']} down of {stats['total']} answers")
+    m4.caption(f"{rated} of {stats['total']} answers rated")  # a count, not a trend: no delta arrow
     m5.metric("Out of scope", pct(oos["share"]),
               help="share of routed questions far from every adapter's training questions")
 
