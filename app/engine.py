@@ -362,7 +362,7 @@ class Engine:
         with self._lock:  # the adapter choice is made inside the backend call, under the lock
             return self.backend.generate(self._items(preps), streamer=streamer)
 
-    def _answer(self, p: _Prepared, gen, seconds: float, batch: int) -> Answer:
+    def _answer(self, p: _Prepared, gen, seconds: float, batch: int, cancelled: bool = False) -> Answer:
         seconds = gen.seconds if gen.seconds is not None else seconds
         batch = gen.batch_size or batch
         timings = {"retrieval_s": round(p.retrieval_s, 4), "prompt_tokens": gen.prompt_tokens,
@@ -375,7 +375,7 @@ class Engine:
                         question=p.request.question, decision=self._decision(p, gen),
                         settings={**p.settings, "max_new_tokens": p.max_new_tokens},
                         route=route, notes=list(p.notes) + self._length_note(p, gen))
-        self._record(p, answer)
+        self._record(p, answer, cancelled)
         return answer
 
     @staticmethod
@@ -386,13 +386,14 @@ class Engine:
         return [f"the answer stopped at its limit of {p.max_new_tokens} new tokens and may be cut short; allow "
                 "more ('Answer tokens' in the web UI, max_tokens in the API, --max-new-tokens in the CLI)"]
 
-    def _record(self, p: _Prepared, answer: Answer) -> None:
+    def _record(self, p: _Prepared, answer: Answer, cancelled: bool = False) -> None:
         """Audit log row; a failing log never fails the answer (the failure goes to the "loracle.engine" log)."""
         if not self.audit.enabled:
             return
         try:
             latency = answer.timings["retrieval_s"] + answer.timings["generation_s"]
-            answer.answer_id = self.audit.record(answer, p.request.origin or "api", latency, route=answer.route)
+            answer.answer_id = self.audit.record(answer, p.request.origin or "api", latency, route=answer.route,
+                                                 cancelled=cancelled)
         except Exception as exc:  # noqa: BLE001
             _log.warning("audit log write failed: %s", exc)
 
@@ -478,13 +479,25 @@ class Engine:
     def _stream_scheduled(self, prep: _Prepared, cancel: threading.Event) -> Iterator[str | Answer]:
         deltas: queue.Queue = queue.Queue()
         row = self.scheduler.submit(self._items([prep])[0], on_text=deltas.put, cancel=cancel)
+        gen = None
         try:
             yield from _trimmed(iter(deltas.get, None))
             gen = self.scheduler.result(row)
         finally:  # the consumer stopped early (closed generator, client gone): free the row
             cancel.set()
-        if not gen.cancelled:
+            if gen is None:  # the audit log still gets what was generated, marked cancelled, once the row leaves
+                threading.Thread(target=self._record_cancelled, args=(prep, row), daemon=True).start()
+        if gen.cancelled:
+            self._answer(prep, gen, gen.seconds, gen.batch_size, cancelled=True)
+        else:
             yield self._answer(prep, gen, gen.seconds, gen.batch_size)
+
+    def _record_cancelled(self, prep: _Prepared, row) -> None:
+        try:
+            gen = self.scheduler.result(row)
+            self._answer(prep, gen, gen.seconds, gen.batch_size, cancelled=True)
+        except Exception as exc:  # noqa: BLE001 - a background audit write never raises into anything
+            _log.warning("audit log write of a cancelled answer failed: %s", exc)
 
 
 _SHARED: list[Engine] = []

@@ -64,6 +64,20 @@ def test_hashed_mode_stores_no_clear_text(tmp_path):
         assert b"John Smith" not in f.read_bytes()
 
 
+def test_a_log_from_an_earlier_version_gains_the_new_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)  # the answers table as written before the `cancelled` column existed
+    conn.execute("CREATE TABLE answers (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+                 "time TEXT NOT NULL, ts REAL NOT NULL, entry_point TEXT NOT NULL, question TEXT)")
+    conn.execute("INSERT INTO answers (id, time, ts, entry_point, question) VALUES ('a1', 't', 1.0, 'ui', 'old?')")
+    conn.commit()
+    conn.close()
+    log = AuditLog(path)
+    log.record(make_answer("new?"), "cli", 0.1, cancelled=True)
+    rows = log.answers()
+    assert [(r["question"], r["cancelled"]) for r in rows] == [("old?", 0), ("new?", 1)]
+
+
 def test_retention_drops_the_oldest_rows(tmp_path):
     log = AuditLog(tmp_path / "r.sqlite", retention=5)
     ids = [log.record(make_answer(f"q{i}?"), "eval", 0.1) for i in range(12)]

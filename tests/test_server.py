@@ -382,6 +382,12 @@ def test_disconnect_mid_stream_frees_the_row(served):
         assert stats.get("active", 0) == 0 and stats.get("waiting", 0) == 0, stats
         if "cancelled" in stats:
             assert stats["cancelled"] >= before.get("cancelled", 0) + 1, (before, stats)
+    deadline = time.monotonic() + 10  # the audit log has the cut answer too, marked cancelled
+    while time.monotonic() < deadline and not [r for r in engine.audit.answers() if r["cancelled"]]:
+        time.sleep(0.05)
+    cut = [r for r in engine.audit.answers() if r["cancelled"]]
+    assert cut and cut[-1]["question"] == "Tell me a long story about the sea." and cut[-1]["new_tokens"] < 500
+    assert engine.audit.stats()["cancelled"] == len(cut)
 
 
 def test_serve_refuses_a_public_host_without_a_key(monkeypatch, capsys):

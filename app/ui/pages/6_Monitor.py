@@ -45,6 +45,8 @@ else:
     fb, lat, oos = stats["feedback"], stats["latency"], stats["out_of_scope"]
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Answers", stats["total"])
+    if stats.get("cancelled"):
+        m1.caption(f"{stats['cancelled']} cut short: the reader left before the end")
     m2.metric("Latency p50", secs(lat["p50"]))
     m3.metric("Latency p95", secs(lat["p95"]))
     rated = fb["up"] + fb["down"]
