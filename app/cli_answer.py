@@ -61,7 +61,9 @@ def _engine_from(args, adapters: tuple[str, ...]):
 
 
 def _request_options(args) -> dict:
-    return dict(k=args.k, index=args.index, passage_chars=args.passage_chars, decide=args.decide, origin="cli")
+    # a typed --max-new-tokens is this request's, so it wins over an adapter card's budget as -k and --index do
+    return dict(k=args.k, index=args.index, passage_chars=args.passage_chars, decide=args.decide,
+                max_new_tokens=getattr(args, "max_new_tokens", None), origin="cli")
 
 
 def _answer_json(answer) -> dict:

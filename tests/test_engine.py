@@ -191,6 +191,12 @@ def test_cli_ask_json_and_stream(setup, sample_index, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "lora" and out["adapter"] == "alpha@v1" and out["sources"] == []
     assert out["text"] == engine.answer(QUESTIONS[0], adapter="alpha").text
+    card = {**card_for(base), "answer_settings": {"max_new_tokens": 64}}  # a card with its own budget ...
+    registry.install(make_adapter(base, d / "staging-long", seed=1), "long", card, root)
+    assert main(["ask", QUESTIONS[0], "--adapter", "long", "--base-model", str(base), "--json",
+                 "--max-new-tokens", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)  # ... gives way to the budget typed for this question
+    assert out["settings"]["max_new_tokens"] == 5 and out["timings"]["new_tokens"] <= 5
     assert main(["ask", QUESTIONS[0], "--base-model", str(base), "--stream", "--max-new-tokens", "10"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(engine.answer(QUESTIONS[0]).text) and "[base ·" in printed
