@@ -338,7 +338,8 @@ class AuditLog:
         os.replace(tmp, target)
         return n
 
-    def stats(self, window_s: float = 7 * 86400, now: float | None = None) -> dict:
+    def stats(self, window_s: float = 7 * 86400, now: float | None = None,
+              entry_points: tuple[str, ...] = ENTRY_POINTS) -> dict:
         """What the Monitor page shows, over the last `window_s` seconds:
 
         - volume: [{"bucket", "mode", "adapter", "count"}] per hour (windows up to 2 days) or per day
@@ -346,11 +347,13 @@ class AuditLog:
         - feedback: {"up", "down", "up_rate", "down_rate"} (shares of all answers) and "approval" (up / rated)
         - out_of_scope: {"routed", "count", "share" (of routed questions; None when none was routed),
           "recent": the latest out-of-scope questions [{"time", "question", "score"}]}
+        Only answers from `entry_points` count (e.g. leave "eval" out to see what users were served).
         """
         now = time.time() if now is None else float(now)
         rows = self._read("SELECT time, ts, mode, adapter, latency_s, rating, routed, out_of_scope, question, "
-                          "question_hash, route_score, cancelled FROM answers WHERE ts >= ? ORDER BY seq",
-                          (now - float(window_s),))
+                          "question_hash, route_score, cancelled FROM answers WHERE ts >= ? AND entry_point IN "
+                          f"({', '.join('?' * len(entry_points))}) ORDER BY seq",
+                          (now - float(window_s), *entry_points))
         bucket = "hour" if window_s <= 2 * 86400 else "day"
         fmt = "%Y-%m-%d %H:00" if bucket == "hour" else "%Y-%m-%d"
         volume: dict[tuple, int] = {}

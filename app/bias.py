@@ -118,7 +118,7 @@ def probe(engine, adapter: str | None, modes=MODES, pairs: list[Pair] | None = N
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
         answers = engine.answer_batch([Request(q, adapter if "lora" in mode else None, "rag" in mode, k=k, index=index,
-                                               decide=True, max_new_tokens=1) for mode, q in chunk])
+                                               decide=True, max_new_tokens=1, origin="eval") for mode, q in chunk])
         for (mode, q), ans in zip(chunk, answers):
             d = ans.decision
             decisions[(mode, q)] = (d.label, float((d.probs or {}).get("yes", float("nan")))) if d else None

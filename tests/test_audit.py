@@ -154,6 +154,10 @@ def test_stats_for_the_monitor_page(tmp_path):
     assert (oos["routed"], oos["count"], oos["share"]) == (10, 3, 0.3)
     assert [r["question"] for r in oos["recent"]] == ["q2?", "q1?", "q0?"]
     assert AuditLog(tmp_path / "empty.sqlite").stats(3600)["total"] == 0
+    for i in range(5):  # an evaluation's one-token answers do not drown what users were served
+        log.record(make_answer(f"e{i}?"), "eval", 0.01)
+    assert log.stats(3600)["total"] == 16 and log.stats(3600, entry_points=("ui", "cli", "api"))["total"] == 11
+    assert log.stats(3600, entry_points=("ui", "cli", "api"))["latency"]["p50"] == 6.0
 
 
 def test_a_log_that_cannot_be_written_is_refused_at_start(tmp_path):

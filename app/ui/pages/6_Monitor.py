@@ -20,8 +20,13 @@ if not log.enabled:
     st.info("The audit log is switched off ($LORACLE_AUDIT=off): nothing is recorded, so there is nothing to show.")
     st.stop()
 
-window_name = st.selectbox("Window", list(WINDOWS), index=2, key="mon_window")
-stats = log.stats(WINDOWS[window_name])
+w1, w2 = st.columns([1, 2])
+window_name = w1.selectbox("Window", list(WINDOWS), index=2, key="mon_window")
+ORIGINS = {"ui": "web UI", "cli": "CLI", "api": "API", "eval": "evaluations and probes"}
+origins = w2.multiselect("Answers given through", list(ORIGINS), default=["ui", "cli", "api"], key="mon_origins",
+                         format_func=ORIGINS.get, help="Evaluations and bias probes answer hundreds of questions "
+                                                      "of one token each: leave them out to see what users got.")
+stats = log.stats(WINDOWS[window_name], entry_points=tuple(origins) or tuple(ORIGINS))
 events = log.events(limit=500)
 anything = bool(log.answers(limit=1))
 
