@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import traceback
 
 import ingest.config  # noqa: F401  the one place that sets the offline environment (before any HF import)
@@ -37,12 +38,27 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+INTERRUPTED = {  # what an interrupted command kept: every write is all-or-nothing (a temp file or a transaction)
+    "ingest": ": nothing of this run was kept (an index changes all at once, so it is as it was before); run the "
+              "same command again",
+    "train": ": nothing was installed; the registry is as it was",
+    "eval": ": results are written when a run ends, so none of this run's were; with --resume, modes already "
+            "complete in --out are kept",
+    "calibrate": ": no offsets were stored",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        verb = getattr(args.func, "__name__", "").removeprefix("_run_")
+        print(f"interrupted{INTERRUPTED.get(verb, '')}", file=sys.stderr)
+        if threading.active_count() > 1:  # a worker thread may be inside torch: leave now, without the teardown
+            sys.stdout.flush()            # that would abort in C++ ("terminate called without an active exception")
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except BrokenPipeError:  # the reader went away (`loracle ... | head`): nothing to report
         try:

@@ -50,3 +50,17 @@ def test_retrieval_settings_without_rag_are_refused(capsys):
     assert "--index mine sets retrieval, which is off: add --rag" in capsys.readouterr().err
     assert main(["ask", "Is aspirin safe?", "--rag", "--index", "no-such-index"]) == 2  # before any model loads
     assert "no index at" in capsys.readouterr().err
+
+
+def test_an_interrupted_command_says_what_was_kept(monkeypatch, capsys):
+    import threading
+
+    from app import cli, cli_ingest
+
+    def _run_ingest(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_ingest, "_run_ingest", _run_ingest)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # no worker thread: a normal return, no os._exit
+    assert cli.main(["ingest", "x.txt", "--index", "mine"]) == 130
+    assert "interrupted: nothing of this run was kept" in capsys.readouterr().err
