@@ -218,6 +218,9 @@ def _run_search(args) -> int:
         raise ValueError("give a question, or --queries FILE.jsonl")
     items = load_questions(args.queries) if args.queries else None  # bad lines named before any model loads
     retriever = get_retriever(args.index, hybrid=args.hybrid, reranker=args.reranker)
+    if not len(retriever.index):  # an empty result would otherwise read as "nothing matched"
+        print(f"index '{args.index}' holds no chunks yet (a build still running or interrupted?): add documents with "
+              f"`loracle ingest FILES --index {args.index}`", file=sys.stderr)
     if items:
         return _search_queries(args, retriever, items)
     passages = retriever.search(args.query, k=args.k)

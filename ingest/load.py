@@ -97,7 +97,8 @@ def load(path: str | Path, pdf: Any = None) -> list[Document]:
         pieces, title = _partition(path, fmt, data, pdf)
     doc = _assemble(path.stem, str(path), pieces, {"format": fmt, "sha256": sha, "title": title or path.stem})
     if not doc.text.strip():
-        raise LoadError(f"no text could be extracted from this {fmt.upper()} (scanned images need OCR, which is not set up)")
+        why = "scanned pages need OCR, which is not set up" if fmt == "pdf" else "it holds no text, only markup or blanks"
+        raise LoadError(f"no text could be extracted from this {fmt.upper()} ({why})")
     return [doc]
 
 
