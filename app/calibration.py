@@ -162,4 +162,8 @@ def items_for_adapter(items, card, data_sha256: str, label: str):
                          "another labelled set (offsets fitted on training items would be optimistic)")
     held = set.intersection(*(set(d["val_ids"]) for d in on_this))
     kept = [it for it in items if it.id in held]
+    if not kept:
+        raise ValueError(f"{label} was trained on this file, so only its {len(held)} held-out items may calibrate it, "
+                         f"and none of the {len(items)} given is one of them (with --limit, the first N lines of the "
+                         "file are read before that filter): drop --limit, or calibrate on another labelled set")
     return kept, f"{len(kept)} items held out from {label}'s training"

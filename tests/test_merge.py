@@ -133,6 +133,8 @@ def test_merged_routing_summary_is_the_union_and_other_data_is_listed(root, tiny
     assert [it.id for it in items_for_adapter(items, merged.card, "0" * 64, "ens@v1")[0]] == ["a", "b", "c"]
     assert [it.id for it in items_for_adapter(items, merged.card, "1" * 64, "ens@v1")[0]] == ["b"]
     assert items_for_adapter(items, merged.card, "2" * 64, "ens@v1") == (items, None)
+    with pytest.raises(ValueError, match="none of the 2 given is one of them .with --limit"):
+        items_for_adapter(items[3:], merged.card, "1" * 64, "ens@v1")  # "d", "e": none held out
     from app.adapter_card import AdapterCard  # a merge whose source is itself a merge of two files
 
     nested = AdapterCard.from_dict({**merged.card.to_dict(), "training_data": {"path": "x", "sha256": "", "sources": [
