@@ -141,11 +141,13 @@ def plot_summary(summary: dict[str, Any]) -> dict[str, Any]:
 def compare_markdown(report: dict[str, Any], questions: dict[str, str] | None = None) -> str:
     """The regression table of app.evaluate.compare_results, then the questions that got worse."""
     questions = questions or {}
-    lines = [f"Regression report: {report['new'] or 'B'} against {report['old'] or 'A'}", "",
-             "| mode | old accuracy | new accuracy | worse (correct→wrong) | better (wrong→correct) | unchanged |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Regression report: {report['new'] or 'B'} against {report['old'] or 'A'}", ""]
+    lines += [f"**Warning:** {w}." for w in report.get("warnings") or []] + ([""] if report.get("warnings") else [])
+    lines += ["| mode | questions | old accuracy | new accuracy | old macro-F1 | new macro-F1 | worse (correct→wrong) | "
+              "better (wrong→correct) | unchanged |", "|---|---|---|---|---|---|---|---|---|"]
     for mode, m in report["modes"].items():
-        lines.append(f"| {mode} | {_fmt(m['old_accuracy'], True)} | {_fmt(m['new_accuracy'], True)} | "
+        lines.append(f"| {mode} | {m.get('shared', '–')} | {_fmt(m['old_accuracy'], True)} | "
+                     f"{_fmt(m['new_accuracy'], True)} | {_fmt(m.get('old_macro_f1'))} | {_fmt(m.get('new_macro_f1'))} | "
                      f"{len(m['worse'])} | {len(m['better'])} | {m['unchanged']} |")
     for mode, m in report["modes"].items():
         if m["worse"]:

@@ -385,18 +385,41 @@ def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None,
     return label
 
 
+COMPARED_RUN = ("data_sha256", "decisions", "calibrate", "max_new_tokens")  # what two runs must share to compare
+
+
 def compare_results(old: EvalResult, new: EvalResult) -> dict[str, Any]:
-    """Regression report of `new` against `old`: per mode, questions that got worse / better, accuracies."""
+    """Regression report of `new` against `old`: per mode, questions that got worse / better, and accuracy and
+    macro-F1 of each over the questions both answered (never over two different sets); `warnings` name what
+    differs between the two runs (question set, decision method, calibration, token budget)."""
     changes = metrics.regressions(old.rows, new.rows)
+
+    def decided(rows: list[dict], mode: str, ids: set[str]) -> dict[str, tuple]:
+        return {r["id"]: (r.get("decision"), r["gold"]) for r in rows if r["mode"] == mode and r["id"] in ids
+                and r.get("gold")}
+
     per_mode = {}
     for mode, c in changes.items():
-        per_mode[mode] = {
-            "old_accuracy": old.summary.get("metrics", {}).get(mode, {}).get("accuracy"),
-            "new_accuracy": new.summary.get("metrics", {}).get(mode, {}).get("accuracy"),
-            **{key: c[key] for key in ("worse", "better")},
-            "unchanged": len(c["same_correct"]) + len(c["same_wrong"]),
-        }
-    return {"old": old.summary.get("adapter"), "new": new.summary.get("adapter"), "modes": per_mode}
+        ids = {q for key in ("worse", "better", "same_correct", "same_wrong") for q in c[key]}
+        figures = {}
+        for side, result in (("old", old), ("new", new)):
+            pairs = list(decided(result.rows, mode, ids).values())
+            preds, gold = [p for p, _ in pairs], [g for _, g in pairs]
+            figures[f"{side}_accuracy"] = metrics.accuracy(preds, gold) if pairs else None
+            figures[f"{side}_macro_f1"] = metrics.macro_f1(preds, gold) if pairs else None
+        per_mode[mode] = {**figures, **{key: c[key] for key in ("worse", "better")}, "shared": len(ids),
+                          "unchanged": len(c["same_correct"]) + len(c["same_wrong"])}
+    warnings = []
+    ids_old, ids_new = ({r["id"] for r in result.rows} for result in (old, new))
+    if ids_old != ids_new:
+        warnings.append(f"the two runs answered different questions ({len(ids_old)} and {len(ids_new)}); figures "
+                        f"are over the {len(ids_old & ids_new)} both answered")
+    for key in COMPARED_RUN:
+        a, b = old.summary.get(key), new.summary.get(key)
+        if a is not None and b is not None and a != b and key != "data_sha256":
+            warnings.append(f"{key} differs ({a} vs {b}): a change may come from how the runs were made")
+    return {"old": old.summary.get("adapter"), "new": new.summary.get("adapter"), "modes": per_mode,
+            "warnings": warnings}
 
 
 def make_engine(cfg: EvalConfig):

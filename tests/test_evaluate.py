@@ -189,7 +189,16 @@ def test_regression_table_from_two_result_folders(tmp_path):
     assert main(["eval", "--compare", str(tmp_path / "old"), str(tmp_path / "new"),
                  "--out", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| lora | 66.7% | 66.7% | 1 | 1 | 1 |" in md and "- q1: Is A?" in md
+    assert "| lora | 3 | 66.7% | 66.7% |" in md and "| 1 | 1 | 1 |" in md and "- q1: Is A?" in md
+    assert "Warning" not in md
+    fewer = new[:2]  # the new run answered only two of the three: figures over those two, and a warning
+    write_results(EvalResult(fewer, summarize(fewer, {"modes": ["lora"], "adapter": "med@fewer", "n_items": 2})),
+                  tmp_path / "fewer")
+    report = compare_results(load_results(tmp_path / "old"), load_results(tmp_path / "fewer"))
+    lora = report["modes"]["lora"]
+    assert (lora["shared"], lora["old_accuracy"], lora["new_accuracy"]) == (2, 0.5, 0.5)
+    assert report["warnings"] == ["the two runs answered different questions (3 and 2); figures are over the 2 both "
+                                  "answered"]
 
 
 @pytest.fixture(scope="module")
