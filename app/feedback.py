@@ -19,7 +19,8 @@ from typing import Any
 from app.audit import spreadsheet_safe
 
 RATINGS = ("up", "down")
-CSV_FIELDS = ("id", "time", "rating", "comment", "question", "mode", "adapter", "answer", "doc_ids", "scores")
+CSV_FIELDS = ("id", "time", "rating", "comment", "question", "mode", "adapter", "answer", "doc_ids", "scores",
+              "answer_id")  # the audit log's row of the answer rated
 
 
 def default_path() -> Path:
@@ -57,6 +58,7 @@ def record(answer: Any, rating: str, comment: str = "", path: Path | None = None
         "answer": answer.text,
         "passages": [_passage_record(p) for p in answer.passages],
         "timings": dict(answer.timings),
+        "answer_id": getattr(answer, "answer_id", "") or None,
     }
     target = Path(path) if path else default_path()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,15 @@ def _decode(data: bytes, path: Path) -> str:
         raise LoadError(str(exc)) from None
 
 
+def _short_title(line: str, limit: int = 120) -> str:
+    """A text file's first line as its title, cut at a word before `limit` characters (a first paragraph
+    written as one long line is not a title)."""
+    line = " ".join(line.split())
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
 def load(path: str | Path, pdf: Any = None) -> list[Document]:
     """Load one file. A JSONL corpus ({"doc_id", "text", ...} per line) gives one Document per record.
 
@@ -90,7 +99,7 @@ def load(path: str | Path, pdf: Any = None) -> list[Document]:
         return _load_corpus(path, _decode(data, path))
     if fmt == "txt":
         pieces = _paragraphs(_decode(data, path))
-        title = pieces[0][0].splitlines()[0].strip() if pieces else ""
+        title = _short_title(pieces[0][0].splitlines()[0]) if pieces else ""
     elif fmt == "xml" and _is_medquad(data):
         pieces, title = _load_medquad_xml(data)
     else:

@@ -64,6 +64,15 @@ def test_medquad_xml_and_html_keep_question_sections(shared_data):
     assert "What is (are) Lymphoma ?" in {s[3] for s in html.metadata["spans"]}
 
 
+def test_a_text_file_whose_first_line_is_a_paragraph_gets_a_short_title(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("Gout is a form of inflammatory arthritis " * 8 + "\n\nIt is treated with colchicine.\n")
+    doc = load(path)[0]
+    title = doc.metadata["title"]
+    assert len(title) <= 121 and title.endswith("…") and title.startswith("Gout is a form of inflammatory arthritis")
+    assert "Gout is a form" in doc.text and "colchicine" in doc.text  # the text itself is whole
+
+
 def test_docx_and_multipage_pdf(tmp_path):
     d = load(make_docx(tmp_path / "aspirin.docx"))[0]
     assert d.metadata["title"] == "Aspirin and headache" and "faster relief" in d.text

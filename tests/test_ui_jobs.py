@@ -92,10 +92,14 @@ def _answer() -> Answer:
 
 def test_feedback_log_stores_question_mode_adapter_passages_and_exports(tmp_path):
     log = tmp_path / "fb" / "feedback.jsonl"
-    feedback.record(_answer(), "up", "  clear answer ", path=log)
+    audited = _answer()
+    audited.answer_id = "a1b2c3"  # the audit log's row of this answer: feedback joins to it
+    feedback.record(audited, "up", "  clear answer ", path=log)
     feedback.record(_answer(), "down", path=log)
     entries = feedback.load(log)
     assert [e["rating"] for e in entries] == ["up", "down"]
+    assert [e["answer_id"] for e in entries] == ["a1b2c3", None]
+    assert feedback.export_csv(entries).splitlines()[1].endswith(",a1b2c3")
     first = entries[0]
     assert (first["question"], first["mode"], first["adapter"], first["comment"]) == (
         "Does aspirin help?", "lora+rag", "medical-pubmedqa@v2", "clear answer")
