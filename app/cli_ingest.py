@@ -134,6 +134,9 @@ def _run_ingest(args) -> int:
               f"removed {len(report.removed)}, rejected {len(report.rejected)}")
         for path, reason in report.rejected:
             print(f"  rejected {path}: {reason}")
+        for doc_id, twin in report.duplicates:
+            print(f"  note: {doc_id} has the same content as {twin}; both are kept (`loracle ingest --remove "
+                  f"{doc_id} --index {args.index}` if it is a copy)")
     return 0 if report.added or report.removed or report.skipped or not report.rejected else 1
 
 

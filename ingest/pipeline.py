@@ -34,6 +34,7 @@ class IngestReport:
     chunks_added: int = 0
     replaced: list[str] = field(default_factory=list)  # the part of `added` that replaced an older version
     index: str = ""
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (doc id, another doc id with the same bytes)
 
 
 class _Tracker:
@@ -196,8 +197,10 @@ def _source_name(source: str | None) -> str:
 def _produce(files: list[Path], known: dict[str, tuple[str, str]], stored: dict[str, str], key: str,
              config: IngestConfig, tokenizer_path: str, report: IngestReport, jobs: queue.Queue, tracker: _Tracker,
              sources: dict[str, str]) -> None:
-    """Background thread: load + chunk each file, put (doc, chunks) on the queue; None ends it."""
+    """Background thread: load + chunk each file, put (doc, chunks) on the queue; None ends it. A document
+    whose content another one under another id already has is added, and named in `report.duplicates`."""
     seen: dict[str, str] = {}
+    by_sha = {sha: doc_id for doc_id, (sha, _) in known.items() if sha}
     try:
         for path in files:
             try:
@@ -240,6 +243,9 @@ def _produce(files: list[Path], known: dict[str, tuple[str, str]], stored: dict[
                     report.skipped.append(doc.doc_id)
                     tracker.step(doc.doc_id)
                     continue
+                twin = by_sha.setdefault(doc.metadata.get("sha256") or doc.doc_id, doc.doc_id)
+                if twin != doc.doc_id:
+                    report.duplicates.append((doc.doc_id, twin))
                 jobs.put((doc, chunk(doc, config.chunk, tokenizer_path)))
     except BaseException as exc:  # surfaced by the consumer
         jobs.put(exc)

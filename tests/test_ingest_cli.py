@@ -37,6 +37,11 @@ def test_ingest_index_and_remove_commands(shared_data, tmp_path, monkeypatch, ca
     assert main(["search", "treadmill training", "--index", "mine"]) == 0  # empty: said, not silent
     assert "index 'mine' holds no chunks yet" in capsys.readouterr().err
     assert main(["ingest", str(docs / "pubmed-18955431.txt"), "--index", "mine"]) == 0
+    shutil.copy(docs / "pubmed-18955431.txt", tmp_path / "copy-of-it.txt")  # same bytes, another name
+    capsys.readouterr()
+    assert main(["ingest", str(tmp_path / "copy-of-it.txt"), "--index", "mine"]) == 0
+    assert "note: copy-of-it has the same content as pubmed-18955431; both are kept" in capsys.readouterr().out
+    assert main(["ingest", "--remove", "copy-of-it", "--index", "mine"]) == 0
     # a typo'd index name neither creates an empty index nor passes silently
     assert main(["ingest", "--remove", "pubmed-9854965", "--index", "mnie"]) == 2
     assert "no index 'mnie'" in capsys.readouterr().err
