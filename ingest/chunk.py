@@ -32,9 +32,12 @@ def _splitter(size: int, overlap: int, unit: str, tokenizer_path: str | None):
     return RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=overlap, add_start_index=True, strip_whitespace=True)
 
 
-def location_of(page: Any, section: Any) -> str:
+def location_of(page: Any, section: Any, last_page: Any = None) -> str:
+    """"p. 3, Methods"; "pp. 3-4, Methods" for a chunk that runs onto later pages."""
     parts = []
-    if page is not None:
+    if page is not None and last_page is not None and last_page != page:
+        parts.append(f"pp. {page}-{last_page}")
+    elif page is not None:
         parts.append(f"p. {page}")
     if section:
         parts.append(str(section))
@@ -58,9 +61,10 @@ def chunk(doc: Document, config: ChunkConfig | None = None, tokenizer_path: str 
             start = doc.text.find(piece.page_content)
         end = start + len(piece.page_content)
         _, _, page, section = spans[max(0, bisect_right(starts, start) - 1)]
+        last_page = spans[max(0, bisect_right(starts, end - 1) - 1)][2]
         chunks.append(Chunk(
             chunk_id=f"{doc.doc_id}#{n}", doc_id=doc.doc_id, text=piece.page_content, start=start, end=end,
-            metadata={"source": doc.source, "title": title, "location": location_of(page, section),
+            metadata={"source": doc.source, "title": title, "location": location_of(page, section, last_page),
                       "page": page, "section": section, "format": doc.metadata.get("format")},
         ))
     return chunks

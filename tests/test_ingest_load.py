@@ -82,6 +82,8 @@ def test_docx_and_multipage_pdf(tmp_path):
     assert pages == {1, 2}
     chunks = chunk(p, ChunkConfig(size=300, overlap=0))
     assert any(c.metadata["location"].startswith("p. 2") and "livers" in c.text for c in chunks)
+    whole = chunk(p, ChunkConfig(size=3000, overlap=0))  # one chunk over both pages names both
+    assert whole[0].metadata["location"].startswith("pp. 1-2") and whole[0].metadata["page"] == 1
 
 
 def test_jsonl_corpus_records_become_documents(shared_data):
