@@ -67,10 +67,12 @@ def _ingest_config(args):
 
     if all(v is None for v in (args.chunk_size, args.chunk_overlap, args.chunk_unit, args.embedder)):
         return None
+    d = ChunkConfig()
+    units = "characters" if d.unit == "char" else "tokens"
     if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size {args.chunk_size}: give a chunk size of at least 1 (default 700 characters)")
+        raise ValueError(f"--chunk-size {args.chunk_size}: give a chunk size of at least 1 (default {d.size} {units})")
     if args.chunk_overlap is not None and args.chunk_overlap < 0:
-        raise ValueError(f"--chunk-overlap {args.chunk_overlap}: give 0 or more (default 150 characters)")
+        raise ValueError(f"--chunk-overlap {args.chunk_overlap}: give 0 or more (default {d.overlap} {units})")
     base = Index.open(args.index) if (index_path(args.index) / "manifest.json").is_file() else None
     chunk = base.chunk_config if base else ChunkConfig()
     config = IngestConfig(

@@ -385,9 +385,6 @@ def save_to_card(summary: dict[str, Any], adapter: str | None = None, root=None,
     return label
 
 
-COMPARED_RUN = ("data_sha256", "decisions", "calibrate", "max_new_tokens")  # what two runs must share to compare
-
-
 def compare_results(old: EvalResult, new: EvalResult) -> dict[str, Any]:
     """Regression report of `new` against `old`: per mode, questions that got worse / better, and accuracy and
     macro-F1 of each over the questions both answered (never over two different sets); `warnings` name what
@@ -414,9 +411,11 @@ def compare_results(old: EvalResult, new: EvalResult) -> dict[str, Any]:
     if ids_old != ids_new:
         warnings.append(f"the two runs answered different questions ({len(ids_old)} and {len(ids_new)}); figures "
                         f"are over the {len(ids_old & ids_new)} both answered")
-    for key in COMPARED_RUN:
+    from app.lineage import COMPARABLE_RUN
+
+    for key in (k for k in COMPARABLE_RUN if k not in ("data_sha256", "n_items")):  # the sets: compared by id above
         a, b = old.summary.get(key), new.summary.get(key)
-        if a is not None and b is not None and a != b and key != "data_sha256":
+        if a is not None and b is not None and a != b:
             warnings.append(f"{key} differs ({a} vs {b}): a change may come from how the runs were made")
     return {"old": old.summary.get("adapter"), "new": new.summary.get("adapter"), "modes": per_mode,
             "warnings": warnings}

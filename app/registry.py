@@ -203,8 +203,7 @@ def get(name: str, root=None, version: int | None = None) -> AdapterInfo:
         return info
     old = path / "versions" / f"v{version}"
     if not old.is_dir():
-        have = sorted([int(p.name[1:]) for p in (path / "versions").glob("v*") if p.name[1:].isdigit()]
-                      + [info.version])
+        have = sorted(_kept_versions(path) + [info.version])
         raise FileNotFoundError(f"adapter '{name}' has no version v{version}; it has "
                                 f"{', '.join(f'v{v}' for v in have)} (current v{info.version}): use {name}@vN")
     return read_folder(old, name)
@@ -363,10 +362,15 @@ def install(staging_dir, name: str, card: AdapterCard | dict, root=None) -> Adap
     return _install(staging_dir, name, lambda prev: _new_card(card, name, prev), root)
 
 
+def _kept_versions(path: Path) -> list[int]:
+    """The version numbers kept under an adapter folder's versions/ (the current one is not among them)."""
+    return [int(p.name[1:]) for p in (path / "versions").glob("v*") if p.name[1:].isdigit()]
+
+
 def _damaged(path: Path, name: str, reason: str) -> AdapterInfo:
     """The current version of an adapter whose card or files cannot be read, as far as rollback needs it: its
     version number (the card's if that much is legible, else one past the newest kept version)."""
-    kept = [int(p.name[1:]) for p in (path / "versions").glob("v*") if p.name[1:].isdigit()]
+    kept = _kept_versions(path)
     try:
         number = json.loads((path / "card.json").read_text()).get("version")
     except (OSError, ValueError, AttributeError):

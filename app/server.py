@@ -425,7 +425,7 @@ def _add_routes(app: FastAPI, engine, limit: int, created: int) -> None:
         stop = tuple([body.stop] if isinstance(body.stop, str) else body.stop or ())
         if len(stop) > 4:
             raise ApiError(400, f"{len(stop)} stop strings is over the limit of 4", param="stop")
-        bound = getattr(engine.config, "queue_limit", None) or 32
+        bound = engine.config.queue_limit
         if scoring["in_flight"] >= bound:
             raise _engine_error(Busy(f"the engine is busy: {scoring['in_flight']} scoring requests are in flight "
                                      f"(queue_limit={bound}); try again in a few seconds", retry_after=5))

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from app.engine import AUTO, AdapterUnavailable
-from ingest.folders import is_index_name
 from app.scheduler import Busy
+from ingest.folders import is_index_name
 
 
 class ApiError(Exception):
